@@ -15,6 +15,7 @@ Everything a run writes goes to OUT/NAME/ (default runs/<data folder name>/):
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,13 @@ CHECKPOINT_FORMAT = "fastgan-checkpoint-v1"  # marks a checkpoint as ours
 
 class UsageError(Exception):
     """Input we refuse. The scripts print its message as one line on stderr and exit 2, no traceback."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (the usage is in --help), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,6 +261,51 @@ class EMA:
         torch._foreach_copy_(self.copy_dst, self.copy_src)
 
 
+# Speed options (see README, "Speed and memory"). None on the command line means this device's default:
+# on where this project measured it faster on that device.
+SPEED_DEFAULTS = {
+    "cpu": {"channels_last": False, "amp": False, "compile": False},
+    "cuda": {"channels_last": True, "amp": True, "compile": False},
+}
+
+
+def resolve_speed_flags(args, device):
+    for flag, default in SPEED_DEFAULTS[device.type].items():
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, default)
+
+
+def make_optimizers(G, D, lr, device):
+    """Adam, lr 2e-4, betas (0.5, 0.999) for both networks (§4). On CUDA the fused kernel updates all
+    parameters in one launch instead of several per tensor."""
+    kw = dict(lr=lr, betas=(0.5, 0.999))
+    if device.type == "cuda":
+        kw["fused"] = True
+    return torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
+
+
+def amp_setup(use_amp, device):
+    """(autocast dtype or None, GradScaler or None). bf16 needs no loss scaling; fp16 (GPUs older than
+    Ampere) does, so it comes with a GradScaler."""
+    if not use_amp:
+        return None, None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def speed_up(G, D, args, device):
+    """Memory layout and compilation; returns the (possibly compiled) networks."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed shapes every iteration: let cuDNN pick its fastest kernels
+    if args.channels_last:                      # NHWC: what cuDNN's and oneDNN's fastest convolutions read
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    if args.compile:                            # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
+        G, D = torch.compile(G), torch.compile(D)
+    return G, D
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. One training iteration (Eq. 2-4)
 # ------------------------------------------------------------------------------------------------
@@ -294,15 +347,17 @@ def reconstruction_loss(recons, real_aug, part, kind="mse"):
 def train_step(G, D, opt_G, opt_D, real, args, ema=None, scaler=None, amp_dtype=None):
     """One FastGAN iteration, in the authors' order. `real` is (B, nc, S, S) in [-1, 1] on the device.
 
-    Returns the losses as 0-d tensors on the device: reading them (`.item()`) would make the host wait
-    for the device, so the loop only does that every --log_every iterations."""
-    device_type = real.device.type
-    autocast = torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-    D_plain = unwrap(D)   # the G step reads D without DDP's gradient bookkeeping (D is frozen there)
+    G and D may be wrapped by torch.compile and DistributedDataParallel (see `speed_up` and
+    `setup_distributed`). Returns the losses as 0-d tensors on the device: reading them (`.item()`)
+    would make the host wait for the device, so the loop only does that every --log_every iterations."""
+    autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    # Under DDP, D's gradients are averaged across ranks once per D step (in its last backward) and
+    # never for the G step; with one process this is a no-op.
+    local_only = D.no_sync if isinstance(D, torch.nn.parallel.DistributedDataParallel) else contextlib.nullcontext
     B = real.shape[0]
 
     # One forward of G serves both steps: its output is detached for D's step, and its graph is
-    # reused for G's step, so G is never run twice.
+    # reused for G's step, so G never runs twice and never builds a graph it does not use.
     z = torch.randn(B, unwrap(G).nz, device=real.device)                            # (B, nz)
     with autocast:
         fake_big, fake_128 = G(z)                                                    # (B,3,S,S), (B,3,128,128)
@@ -312,31 +367,33 @@ def train_step(G, D, opt_G, opt_D, real, args, ema=None, scaler=None, amp_dtype=
     fake_big_aug = diff_augment(fake_big, args.policy)
     fake_128_aug = diff_augment(fake_128, args.policy)
 
-    # ---- D step (Eq. 3 + Eq. 2): maximise the margin on reals and fakes, and reconstruct reals ----
+    # ---- D step (Eq. 3 + Eq. 2): hinge on reals and fakes, and reconstruct the reals ----
     D.requires_grad_(True)
     opt_D.zero_grad(set_to_none=True)
-    with autocast:
-        if args.no_recon:
-            logits_real = both_logits(*D(real_aug, resize_to_128(real_aug)))
-            loss_recon = torch.zeros((), device=real.device)
-        else:
-            part = int(torch.randint(4, (1,)))   # which quarter decoder_part rebuilds (CPU RNG: no sync)
-            lb, ls, recons = D(real_aug, resize_to_128(real_aug), part=part)
-            logits_real = both_logits(lb, ls)
-            loss_recon = reconstruction_loss(recons, real_aug.float(), part, args.recon)
-        loss_real = hinge_real(logits_real)
-    _backward(loss_real + loss_recon, scaler)
+    with local_only():
+        with autocast:
+            if args.no_recon:
+                logits_real = both_logits(*D(real_aug, resize_to_128(real_aug)))
+                loss_recon = torch.zeros((), device=real.device)
+            else:
+                part = int(torch.randint(4, (1,)))   # the quarter decoder_part rebuilds (CPU RNG: no sync)
+                lb, ls, recons = D(real_aug, resize_to_128(real_aug), part=part)
+                logits_real = both_logits(lb, ls)
+                loss_recon = reconstruction_loss(recons, real_aug.float(), part, args.recon)
+            loss_real = hinge_real(logits_real)
+        _backward(loss_real + loss_recon, scaler)
     with autocast:
         loss_fake = hinge_fake(both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
     _backward(loss_fake, scaler)
     _step(opt_D, scaler)
 
-    # ---- G step (Eq. 4): -E[D(G(z))]. D is frozen: no gradients for its weights are computed ----
+    # ---- G step (Eq. 4): -E[D(G(z))]. D is frozen: its weights' gradients are not even computed ----
     D.requires_grad_(False)
     opt_G.zero_grad(set_to_none=True)
-    with autocast:
-        loss_g = -both_logits(*D_plain(fake_big_aug, fake_128_aug)).mean()
-    _backward(loss_g, scaler)
+    with local_only():
+        with autocast:
+            loss_g = -both_logits(*D(fake_big_aug, fake_128_aug)).mean()
+        _backward(loss_g, scaler)
     _step(opt_G, scaler)
     if scaler is not None:
         scaler.update()
@@ -519,7 +576,7 @@ class Progress:
 # ------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Train FastGAN (Liu et al., ICLR 2021) on a folder of images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--path", required=True, help="folder of training images (searched recursively)")
@@ -544,6 +601,13 @@ def parse_args(argv=None):
     p.add_argument("--stream", action="store_true",
                    help="decode images from disk every iteration (automatic for sets over 2 GiB)")
     p.add_argument("--workers", type=int, default=4, help="decoding processes when streaming")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (default: on for CUDA, off for CPU, as measured)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision: bf16 autocast, fp16 + loss scaling on GPUs without bf16 "
+                        "(default: on for CUDA, off for CPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile G and D: minutes of compiling, then faster steps; for long runs")
     p.add_argument("--no_sle", action="store_true", help="ablation (Table 2): no skip-layer excitation")
     p.add_argument("--no_recon", action="store_true", help="ablation (Table 2): no decoders, no L_recons")
     args = p.parse_args(argv)
@@ -595,14 +659,62 @@ class Diverged(Exception):
     pass
 
 
+# Several GPUs or machines (torchrun). With one process none of this runs: `rank` is 0 and `world` 1.
+def setup_distributed(args):
+    """Under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE), join the process group: NCCL between
+    GPUs, gloo between CPU processes. Returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, resolve_device(args.device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if args.batch_size % world:
+        raise UsageError(f"--batch_size {args.batch_size} is the batch of all {world} processes together "
+                         f"and must be divisible by {world}")
+    return torch.distributed.get_rank(), world, device
+
+
+def wrap_distributed(G, D, device):
+    """DDP averages gradients across processes during backward. FastGAN's BatchNorm would otherwise
+    see only batch/world images per GPU, so on CUDA it becomes SyncBatchNorm (statistics over the
+    global batch). PyTorch's SyncBatchNorm runs on GPUs only: CPU processes keep per-process BatchNorm.
+    D's decoders run on real images only, so D is wrapped with find_unused_parameters."""
+    if device.type == "cuda":
+        G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    ids = [device.index] if device.type == "cuda" else None
+    DDP = torch.nn.parallel.DistributedDataParallel
+    return DDP(G, device_ids=ids), DDP(D, device_ids=ids, find_unused_parameters=True)
+
+
+def stop_requested(stop, at_log, world, device):
+    """Has Ctrl-C/SIGTERM been received? Several processes agree on it at log iterations, so that
+    they all stop after the same iteration."""
+    if world == 1:
+        return stop["signal"] is not None
+    if not at_log:
+        return False
+    flag = torch.tensor(float(stop["signal"] is not None), device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag)
+
+
 def train(args):
     """Set up, then run iterations until args.iter. Returns the run folder."""
     check_args(args)
-    device = resolve_device(args.device)
+    rank, world, device = setup_distributed(args)
+    is_main = rank == 0                      # only rank 0 keeps the EMA, logs, samples and saves
+    resolve_speed_flags(args, device)
     run_dir = Path(args.out) / args.name
     state = resolve_resume(args, run_dir)
+    say = print if is_main else (lambda *a, **k: None)
 
-    # Seed everything; a resumed run then replaces these states with the checkpoint's.
+    # Seed everything (the networks are built from args.seed alone); a resumed run then takes the
+    # checkpoint's states, and under torchrun each rank draws its own noise and batches (seed + rank).
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -611,18 +723,17 @@ def train(args):
     paths = find_images(args.path)
     stream = args.stream or len(paths) * 3 * args.im_size ** 2 > 2 * 2 ** 30
     if stream:
-        probe = load_images_subset(paths, args.im_size)
-        if probe is None:
+        show_real_uint8 = load_images_subset(paths, args.im_size)
+        if show_real_uint8 is None:
             raise UsageError(f"{args.path}: no readable images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
-        start = state["iteration"] if state else 0
-        data = StreamingData(paths, args.im_size, args.batch_size, device, args.seed, start, args.workers)
-        show_real_uint8 = probe
+        data = StreamingData(paths[rank::world], args.im_size, args.batch_size // world, device, args.seed + rank,
+                             state["iteration"] if state else 0, args.workers, args.channels_last)
     else:
-        images = load_images(args.path, args.im_size)
-        data = InMemoryData(images, device)
+        images = load_images(args.path, args.im_size, log=say)
         show_real_uint8 = images[:8]
-    print(f"data: {len(data)} images at {args.im_size}x{args.im_size} from {args.path}"
-          f" ({'streamed from disk' if stream else 'in memory on ' + str(device)})")
+        data = InMemoryData(images[rank::world], device, args.channels_last)   # each rank: its own slice
+    say(f"data: {len(images) if not stream else len(paths)} images at {args.im_size}x{args.im_size} from "
+        f"{args.path} ({'streamed from disk' if stream else 'in memory on ' + str(device)})")
 
     # ---- 2. networks, optimisers, EMA ----
     G, D = build_networks(args.im_size, args.ngf, args.ndf, args.nz, args.no_sle, args.no_recon)
@@ -630,9 +741,8 @@ def train(args):
     G_ema.load_state_dict(G.state_dict())
     G, D, G_ema = G.to(device), D.to(device), G_ema.to(device)
     G_ema.eval().requires_grad_(False)   # samples come from the EMA generator, in eval mode
-    adam = dict(lr=args.lr, betas=(0.5, 0.999))
-    opt_G = torch.optim.Adam(G.parameters(), **adam)
-    opt_D = torch.optim.Adam(D.parameters(), **adam)
+    opt_G, opt_D = make_optimizers(G, D, args.lr, device)
+    amp_dtype, scaler = amp_setup(args.amp, device)
     start = 0
     if state is not None:
         G.load_state_dict(state["G"])
@@ -640,42 +750,109 @@ def train(args):
         G_ema.load_state_dict(state["G_ema"])
         opt_G.load_state_dict(state["opt_G"])
         opt_D.load_state_dict(state["opt_D"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start = state["iteration"]
         set_rng_state(state["rng"])
-        print(f"resumed from iteration {start}")
-    ema = EMA(G_ema, G)
-    n_g = sum(p.numel() for p in G.parameters())
-    n_d = sum(p.numel() for p in D.parameters())
-    print(f"G: {n_g:,} parameters, D: {n_d:,} parameters, device {device}")
+        say(f"resumed from iteration {start}")
+    if world > 1 and (rank > 0 or state is None):
+        torch.manual_seed(args.seed + 1_000_003 * rank + start)   # rank's own draws (rank 0 resumes exactly)
+    n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (G, D))
+    G, D = speed_up(G, D, args, device)
+    if world > 1:
+        G, D = wrap_distributed(G, D, device)
+    ema = EMA(G_ema, G) if is_main else None
+    say(f"G: {n_g:,} parameters, D: {n_d:,} parameters, device {device}"
+        f"{f', {world} processes' if world > 1 else ''}; channels_last={args.channels_last} "
+        f"amp={args.amp} compile={args.compile}")
 
     # Fixed inputs for the sample grids, from their own generator: looking never moves the run's RNG.
     g = torch.Generator().manual_seed(args.seed)
     fixed_z = torch.randn(16, args.nz, generator=g).to(device)
     fixed_noise = {r: [n.to(device) for n in ns] for r, ns in G_ema.draw_noise(16, generator=g).items()}
     show_real = show_real_uint8.to(device).float() / 127.5 - 1
-
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "images").mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "args.json", "w") as f:
-        json.dump(vars(args), f, indent=2)
+    ckpt_dir, img_dir = run_dir / "checkpoints", run_dir / "images"
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        img_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "args.json", "w") as f:
+            json.dump(vars(args), f, indent=2)
 
     # ---- 3./4. the loop ----
+    # Ctrl-C (or a cluster's SIGTERM) asks to stop: the iteration in progress finishes, a checkpoint
+    # is written, and the run exits. A second Ctrl-C aborts at once.
     stop = {"signal": None}
 
     def on_signal(signum, frame):
-        if stop["signal"] is not None:   # second Ctrl-C: abort now
+        if stop["signal"] is not None:
             raise KeyboardInterrupt
         stop["signal"] = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving "
-              f"(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+        say(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving "
+            f"(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    # A NaN/inf loss is recorded on the device (no sync) and checked at every log and save.
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def check_finite():
+        bad = int(first_bad)
+        if bad >= 0:
+            raise Diverged(f"a loss became NaN or inf at iteration {bad}; training stopped. The last good "
+                           f"checkpoint is {ckpt_dir / 'latest.pt'} (resume with --resume latest, "
+                           f"perhaps with a lower --lr)")
+
+    def save(it, numbered=True):
+        check_finite()                                    # never write a diverged state
+        st = checkpoint_state(G, D, G_ema, opt_G, opt_D, it, args, scaler)
+        if numbered:
+            save_checkpoint(ckpt_dir / f"{it:06d}.pt", st)
+        save_checkpoint(ckpt_dir / "latest.pt", st)
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    progress = Progress(args.iter, start) if is_main else None
+    totals, since_log, it = None, 0, start                # losses summed on the device since the last log
     try:
-        run_loop(args, device, run_dir, data, G, D, G_ema, opt_G, opt_D, ema, start,
-                 fixed_z, fixed_noise, show_real, stop)
+        with open(run_dir / "log.jsonl", "a") if is_main else contextlib.nullcontext() as log:
+            while it < args.iter:
+                real = data.batch(args.batch_size // world, it)              # (B, 3, S, S) in [-1, 1]
+                losses = train_step(G, D, opt_G, opt_D, real, args, ema, scaler, amp_dtype)
+                it += 1
+
+                stacked = torch.stack(list(losses.values()))                 # (4,) still on the device
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(stacked).all(),
+                                        torch.full_like(first_bad, it), first_bad)
+                totals = stacked if totals is None else totals + stacked
+                since_log += 1
+                at_log = it % args.log_every == 0 or it == args.iter
+
+                if is_main and at_log:
+                    check_finite()
+                    means = dict(zip(losses, (totals / since_log).tolist()))  # the one sync per log
+                    rate = progress.show(it, means)
+                    log.write(json.dumps({"iter": it, "time": round(time.time() - progress.t0, 3),
+                                          "it_per_s": round(rate, 4), **means}) + "\n")
+                    log.flush()
+                if at_log:
+                    totals, since_log = None, 0
+                if is_main and (it % args.sample_every == 0 or it == args.iter):
+                    save_samples(G_ema, D, fixed_z, fixed_noise, show_real, (it // args.sample_every) % 4,
+                                 img_dir, it)
+                if is_main and (it % args.save_every == 0 or it == args.iter):
+                    save(it)
+                if stop_requested(stop, at_log, world, device):
+                    if is_main:
+                        save(it, numbered=False)
+                        progress.close()
+                        say(f"interrupted: saved iteration {it} to {ckpt_dir / 'latest.pt'}; "
+                            f"continue with --resume latest", file=sys.stderr)
+                    raise SystemExit(130)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    if is_main:
+        progress.close()
+        print(f"done: {it} iterations; checkpoints in {ckpt_dir}, images in {img_dir}")
     return run_dir
 
 
@@ -690,63 +867,6 @@ def load_images_subset(paths, im_size, k=8):
         if len(out) == k:
             break
     return torch.stack(out) if out else None
-
-
-def run_loop(args, device, run_dir, data, G, D, G_ema, opt_G, opt_D, ema, start,
-             fixed_z, fixed_noise, show_real, stop):
-    ckpt_dir = run_dir / "checkpoints"
-    progress = Progress(args.iter, start)
-    totals = None                                         # losses summed on the device since the last log
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)   # first iteration with a NaN/inf loss
-    since_log = 0
-
-    def check_finite():
-        bad = int(first_bad)                              # one host-device sync, at log/save time only
-        if bad >= 0:
-            raise Diverged(f"a loss became NaN or inf at iteration {bad}; training stopped. The last good "
-                           f"checkpoint is {ckpt_dir / 'latest.pt'} (resume with --resume latest, perhaps with a lower --lr)")
-
-    def save(it, numbered=True):
-        check_finite()                                    # never write a diverged state
-        st = checkpoint_state(G, D, G_ema, opt_G, opt_D, it, args)
-        if numbered:
-            save_checkpoint(ckpt_dir / f"{it:06d}.pt", st)
-        save_checkpoint(ckpt_dir / "latest.pt", st)
-
-    it = start
-    with open(run_dir / "log.jsonl", "a") as log:
-        while it < args.iter:
-            real = data.batch(args.batch_size, it)                          # (B, 3, S, S) in [-1, 1]
-            losses = train_step(G, D, opt_G, opt_D, real, args, ema=ema)
-            it += 1
-
-            stacked = torch.stack(list(losses.values()))                    # (4,) still on the device
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(stacked).all(),
-                                    torch.full_like(first_bad, it), first_bad)
-            totals = stacked if totals is None else totals + stacked
-            since_log += 1
-
-            if it % args.log_every == 0 or it == args.iter:
-                check_finite()
-                means = dict(zip(losses, (totals / since_log).tolist()))
-                rate = progress.show(it, means)
-                log.write(json.dumps({"iter": it, "time": round(time.time() - progress.t0, 3),
-                                      "it_per_s": round(rate, 4), **means}) + "\n")
-                log.flush()
-                totals, since_log = None, 0
-            if it % args.sample_every == 0 or it == args.iter:
-                save_samples(G_ema, D, fixed_z, fixed_noise, show_real, (it // args.sample_every) % 4,
-                             run_dir / "images", it)
-            if it % args.save_every == 0 or it == args.iter:
-                save(it)
-            if stop["signal"] is not None:
-                save(it, numbered=False)
-                progress.close()
-                print(f"interrupted: saved iteration {it} to {ckpt_dir / 'latest.pt'}; "
-                      f"continue with --resume latest", file=sys.stderr)
-                raise SystemExit(130)
-    progress.close()
-    print(f"done: {it} iterations; checkpoints in {ckpt_dir}, images in {run_dir / 'images'}")
 
 
 def main(argv=None):
