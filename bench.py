@@ -1,0 +1,227 @@
+"""Measure FastGAN's training step: seconds per iteration, images/s, peak memory, FLOPs.
+
+The paper's Table 1 claims are costs: hours per 10k iterations and GB of GPU memory at batch 8. This
+script times full training iterations -- `train.train_step`, the very step `train.py` runs, not a
+copy -- on synthetic data after warm-up, and prints one JSON line.
+
+    python bench.py --im_size 256 --batch_size 8 --device cpu
+    python bench.py --im_size 256 --batch_size 8 --device cpu --compare   # ours vs the authors' step
+
+`--compare` times, alternating in one run, our step and `baseline_step`: the step as the authors'
+code writes it (D keeps requires_grad during the G step, float32, contiguous NCHW, no compile, a
+per-parameter EMA loop, the batch already on the device) and prints the ratio of medians. Peak memory
+of each is measured in a separate process, since a process's peak RSS can't be reset.
+
+Memory: CUDA's max allocated on a GPU; the peak resident set size of the process on a CPU.
+FLOPs: `torch.utils.flop_counter` over one step (convolutions and matrix products, forward and
+backward), divided by the median time, beside the FLOP/s of a large float32 matrix product on the
+same device: how close the step runs to what the machine can do.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import train
+
+
+def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
+    """One iteration written as the authors' code writes it (same maths and random draws as
+    `train.train_step`, none of its savings). Kept for `--compare` and for the test that our step
+    gives bit-identical results."""
+    B = real.shape[0]
+    z = torch.randn(B, G.nz, device=real.device)
+    fake_big, fake_128 = G(z)
+    real_aug = train.diff_augment(real, args.policy)
+    fake_big_aug = train.diff_augment(fake_big, args.policy)
+    fake_128_aug = train.diff_augment(fake_128, args.policy)
+
+    D.zero_grad()
+    part = int(torch.randint(4, (1,)))
+    lb, ls, recons = D(real_aug, train.resize_to_128(real_aug), part=part)
+    loss_real = train.hinge_real(train.both_logits(lb, ls))
+    loss_recon = train.reconstruction_loss(recons, real_aug, part, args.recon)
+    (loss_real + loss_recon).backward()
+    loss_fake = train.hinge_fake(train.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
+    loss_fake.backward()
+    opt_D.step()
+
+    G.zero_grad()
+    loss_g = -train.both_logits(*D(fake_big_aug, fake_128_aug)).mean()   # D's weight gradients computed too
+    loss_g.backward()
+    opt_G.step()
+
+    with torch.no_grad():                                                 # one small update per tensor
+        for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+            p_ema.mul_(args.ema).add_(p, alpha=1 - args.ema)
+    return {"d_real": loss_real.detach(), "d_fake": loss_fake.detach(),
+            "recon": loss_recon.detach(), "g": loss_g.detach()}
+
+
+def setup(args, device, seed=0):
+    """Networks, optimisers, EMA and one synthetic real batch on the device, all from `seed`."""
+    torch.manual_seed(seed)
+    G, D = train.build_networks(args.im_size, args.ngf, args.ndf, args.nz)
+    G_ema = train.build_generator(args.im_size, args.ngf, args.nz)
+    G_ema.load_state_dict(G.state_dict())
+    G, D, G_ema = G.to(device), D.to(device), G_ema.to(device).eval().requires_grad_(False)
+    real = torch.rand(args.batch_size, 3, args.im_size, args.im_size, device=device) * 2 - 1
+    return G, D, G_ema, real
+
+
+def make_step(kind, args, device, seed=0):
+    """A zero-argument function running one iteration of `kind` ('ours' or 'baseline')."""
+    G, D, G_ema, real = setup(args, device, seed)
+    if kind == "baseline":
+        opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
+        opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
+        return lambda: baseline_step(G, D, G_ema, opt_G, opt_D, real, args)
+    opt_G, opt_D = train.make_optimizers(G, D, args.lr, device)
+    amp_dtype, scaler = train.amp_setup(args.amp, device)
+    ema = train.EMA(G_ema, G)
+    G, D = train.speed_up(G, D, args, device)
+    if args.channels_last:
+        real = real.contiguous(memory_format=torch.channels_last)
+    return lambda: train.train_step(G, D, opt_G, opt_D, real, args, ema, scaler, amp_dtype)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, device):
+    sync(device)
+    t = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def peak_memory_gb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # Linux reports KiB
+
+
+def step_flops(step):
+    """Floating-point operations of one step, counted by PyTorch's FLOP counter (convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_s(device, n=None, repeats=5):
+    """Median FLOP/s of an n x n float32 matrix product: a practical peak of the device."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    times = [timed(lambda: a @ b, device) for _ in range(repeats)]
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def spread(times):
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "all_s": [round(t, 4) for t in times]}
+
+
+def memory_in_subprocess(kind, args):
+    """Peak memory of `kind` alone, measured by a fresh process running bench.py on it."""
+    cmd = [sys.executable, __file__, "--only", kind, "--iters", "2", "--warmup", "1", "--no_flops"]
+    for k in ("im_size", "batch_size", "ngf", "ndf", "nz", "device", "threads"):
+        cmd += [f"--{k}", str(getattr(args, k))]
+    if kind == "ours":
+        for k in ("channels_last", "amp", "compile"):
+            cmd.append(f"--{k}" if getattr(args, k) else f"--no-{k}")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_memory_gb"]
+
+
+def parse_args(argv=None):
+    p = train.OneLineParser(description="Time FastGAN's training step on synthetic data.",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--im_size", type=int, default=256, help=f"one of {train.SUPPORTED_SIZES}")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--ngf", type=int, default=64)
+    p.add_argument("--ndf", type=int, default=64)
+    p.add_argument("--nz", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations (of each step with --compare)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="as in train.py (default: this device's default)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="as in train.py")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="as in train.py")
+    p.add_argument("--compare", action="store_true", help="also time the authors' step, alternating")
+    p.add_argument("--only", choices=("ours", "baseline"), default="ours", help=argparse.SUPPRESS)
+    p.add_argument("--no_flops", action="store_true", help="skip the FLOP count")
+    args = p.parse_args(argv)
+    args.policy, args.recon, args.ema, args.no_recon = "color,translation", "mse", 0.999, False
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.im_size not in train.SUPPORTED_SIZES:
+            raise train.UsageError(f"--im_size must be one of {train.SUPPORTED_SIZES}, got {args.im_size}")
+        if args.iters < 1 or args.warmup < 0:
+            raise train.UsageError("--iters must be at least 1 and --warmup at least 0")
+        device = train.resolve_device(args.device)
+    except train.UsageError as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train.resolve_speed_flags(args, device)
+
+    kinds = ["ours", "baseline"] if args.compare else [args.only]
+    steps = {k: make_step(k, args, device) for k in kinds}
+    for _ in range(args.warmup):
+        for k in kinds:
+            timed(steps[k], device)
+    times = {k: [] for k in kinds}
+    for _ in range(args.iters):          # alternate, so both see the same machine load
+        for k in kinds:
+            times[k].append(timed(steps[k], device))
+
+    main_kind = kinds[0]
+    med = statistics.median(times[main_kind])
+    n_g, n_d = (sum(p.numel() for p in net.parameters())
+                for net in train.build_networks(args.im_size, args.ngf, args.ndf, args.nz))
+    result = {
+        "step": main_kind, "im_size": args.im_size, "batch_size": args.batch_size,
+        **spread(times[main_kind]), "it_per_s": 1 / med, "images_per_s": args.batch_size / med,
+        "hours_per_10k_iter": med * 10000 / 3600,
+        "peak_memory_gb": round(peak_memory_gb(device), 3),
+        "params_G": n_g, "params_D": n_d, "ngf": args.ngf, "ndf": args.ndf,
+        "channels_last": args.channels_last, "amp": args.amp, "compile": args.compile,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    if not args.no_flops:
+        flops = step_flops(steps[main_kind])
+        result.update({"step_gflop": flops / 1e9, "achieved_gflop_per_s": flops / med / 1e9,
+                       "matmul_gflop_per_s": matmul_flops_per_s(device) / 1e9})
+        result["fraction_of_matmul"] = result["achieved_gflop_per_s"] / result["matmul_gflop_per_s"]
+    if args.compare:
+        base = statistics.median(times["baseline"])
+        result["baseline"] = spread(times["baseline"])
+        result["ratio_ours_over_baseline"] = med / base
+        del result["peak_memory_gb"]      # this process ran both: measure each alone instead
+        result["peak_memory_gb_ours"] = memory_in_subprocess("ours", args)
+        result["peak_memory_gb_baseline"] = memory_in_subprocess("baseline", args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
