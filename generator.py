@@ -25,6 +25,7 @@ channel-width table.
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from sle import SLE
@@ -59,13 +60,17 @@ def sn_conv2d(*args, **kwargs):
 
 def init_weights(net):
     """The authors' initialisation, in one place: conv weights ~ N(0, 0.02); BatchNorm gamma ~ N(1, 0.02),
-    beta = 0. With spectral norm the trained tensor is the parametrization's `original`."""
-    for m in net.modules():
+    beta = 0. Spectral norm keeps a running estimate of each weight's largest singular value (its power-
+    iteration vectors u, v); an estimate made for the old weights would divide the new ones by a wrong
+    number until training refreshes it, so spectral norm is applied anew after the redraw."""
+    for m in list(net.modules()):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            if hasattr(m, "parametrizations"):
-                nn.init.normal_(m.parametrizations.weight.original, 0.0, 0.02)
-            else:
-                nn.init.normal_(m.weight, 0.0, 0.02)
+            normed = parametrize.is_parametrized(m, "weight")
+            if normed:
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if normed:
+                spectral_norm(m)   # 15 power iterations on the new weights
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)

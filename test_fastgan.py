@@ -1,0 +1,680 @@
+"""Tests of the FastGAN project; run with `python -m pytest -q`"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import train
+from diffaug import diff_augment
+from discriminator import Discriminator, crop_quarter
+from generator import SUPPORTED_SIZES, Generator, NoiseInjection
+from sle import SLE
+
+
+# ---- Networks (sle.py, generator.py, discriminator.py, diffaug.py) ----
+
+NZ = 256
+
+
+def _n_trainable(module):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _settle(G, steps=3, batch=8):
+    """Bring a freshly built G to a state like a trained one before eval-mode use: a few train-mode
+    forwards settle spectral norm's power iteration, and BatchNorm's running statistics become the
+    cumulative average of those batches (instead of the initial mean 0 / var 1)."""
+    bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    G.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            G(torch.randn(batch, G.nz))
+    for bn in bns:
+        bn.momentum = 0.1
+    return G.eval()
+
+
+def _assert_grads_reach(named_params, what):
+    """Every parameter has a gradient that is finite and not identically zero."""
+    named_params = list(named_params)
+    assert named_params, f"no parameters in {what}"
+    missing = [n for n, p in named_params if p.grad is None]
+    assert not missing, f"{what}: no gradient reaches {missing}"
+    bad = [n for n, p in named_params if not torch.isfinite(p.grad).all()]
+    assert not bad, f"{what}: non-finite gradient in {bad}"
+    zero = [n for n, p in named_params if not (p.grad != 0).any()]
+    assert not zero, f"{what}: all-zero gradient in {zero}"
+
+
+# -- 1. Parameter counts (the authors' networks at 256/512/1024; 128 is ours) --
+
+PARAM_COUNTS = {  # im_size: (G, D, G.sle, D.sle), ngf = ndf = 64, nz = 256, nc = 3
+    128: (28_959_622, 11_459_328, 2_641_920, 983_040),
+    256: (29_127_846, 11_526_160, 2_774_016, 1_032_192),
+    512: (29_174_392, 11_526_496, 2_807_040, 1_032_192),
+    1024: (29_176_512, 11_528_192, 2_807_040, 1_032_192),
+}
+DECODERS_PARAM_COUNT = 3_139_488
+
+
+@pytest.fixture(scope="module", params=SUPPORTED_SIZES, ids=lambda s: f"size{s}")
+def full_size_nets(request):
+    """G and D at ngf = ndf = 64 (the paper's widths); construction only, no forward pass."""
+    torch.manual_seed(0)
+    size = request.param
+    return size, Generator(ngf=64, nz=NZ, nc=3, im_size=size), Discriminator(ndf=64, nc=3, im_size=size)
+
+
+def test_generator_param_count(full_size_nets):
+    """G has the authors' trainable-parameter count at each resolution (Fig. 3 architecture)."""
+    size, G, _ = full_size_nets
+    assert _n_trainable(G) == PARAM_COUNTS[size][0]
+
+
+def test_discriminator_param_count(full_size_nets):
+    """D (with its decoders) has the authors' trainable-parameter count at each resolution (Fig. 4)."""
+    size, _, D = full_size_nets
+    assert _n_trainable(D) == PARAM_COUNTS[size][1]
+
+
+def test_sle_param_counts(full_size_nets):
+    """The SLE modules of G (§3.1) and of D (Fig. 4) hold the expected number of parameters."""
+    size, G, D = full_size_nets
+    assert _n_trainable(G.sle) == PARAM_COUNTS[size][2]
+    assert _n_trainable(D.sle) == PARAM_COUNTS[size][3]
+    assert len(G.sle) == {128: 2, 256: 3, 512: 4, 1024: 4}[size]
+    assert len(D.sle) == (2 if size == 128 else 3)
+
+
+def test_decoder_param_counts(full_size_nets):
+    """D's three reconstruction decoders (§3.2) are the same size at every resolution."""
+    _, _, D = full_size_nets
+    n = sum(_n_trainable(d) for d in (D.decoder_big, D.decoder_part, D.decoder_small))
+    assert n == DECODERS_PARAM_COUNT
+
+
+# -- 2. Output shapes --
+
+@pytest.fixture(scope="module", params=SUPPORTED_SIZES, ids=lambda s: f"size{s}")
+def small_nets(request):
+    """Narrow G and D (ngf = ndf = 8) at each supported size, in train mode."""
+    torch.manual_seed(0)
+    size = request.param
+    return size, Generator(ngf=8, nz=NZ, im_size=size), Discriminator(ndf=8, im_size=size)
+
+
+def test_generator_output_shapes(small_nets):
+    """G(z) returns the image at im_size and the 128x128 image (Fig. 3's two outputs)."""
+    size, G, _ = small_nets
+    torch.manual_seed(1)
+    with torch.no_grad():
+        img, img_128 = G(torch.randn(2, NZ))
+    assert img.shape == (2, 3, size, size)
+    assert img_128.shape == (2, 3, 128, 128)
+    assert torch.isfinite(img).all() and torch.isfinite(img_128).all()
+
+
+def test_discriminator_output_shapes(small_nets):
+    """D returns two (B,1,5,5) logit maps, and with part=k three 128x128 reconstructions (§3.2)."""
+    size, _, D = small_nets
+    torch.manual_seed(1)
+    img, img_128 = torch.randn(2, 3, size, size), torch.randn(2, 3, 128, 128)
+    part = SUPPORTED_SIZES.index(size)  # each size asks for a different quarter: all four are covered
+    with torch.no_grad():
+        out = D(img, img_128)
+        assert len(out) == 2
+        for logits in out:
+            assert logits.shape == (2, 1, 5, 5)
+        logits_big, logits_small, recons = D(img, img_128, part=part)
+    assert logits_big.shape == (2, 1, 5, 5) and logits_small.shape == (2, 1, 5, 5)
+    assert set(recons) == {"big", "part", "small"}
+    for r in recons.values():
+        assert r.shape == (2, 3, 128, 128)
+        assert r.abs().max() <= 1  # decoders end in tanh, like the images they rebuild
+
+
+def test_crop_quarter_picks_the_right_quarter():
+    """crop_quarter(x, k) is quarter k (0 TL, 1 TR, 2 BL, 3 BR) -- what decoder_part must rebuild (§3.2)."""
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    assert torch.equal(crop_quarter(x, 0), x[:, :, :2, :2])
+    assert torch.equal(crop_quarter(x, 1), x[:, :, :2, 2:])
+    assert torch.equal(crop_quarter(x, 2), x[:, :, 2:, :2])
+    assert torch.equal(crop_quarter(x, 3), x[:, :, 2:, 2:])
+
+
+# -- 3. Output range --
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_generator_outputs_in_tanh_range(mode):
+    """Both of G's images lie in [-1, 1], the range of the data, even for huge latents (tanh heads)."""
+    torch.manual_seed(0)
+    G = Generator(ngf=16, nz=NZ, im_size=256)
+    if mode == "eval":
+        _settle(G)  # BN statistics of N(0, 1) latents: z * 100 then drives the heads far out of range
+    with torch.no_grad():
+        img, img_128 = G(torch.randn(2, NZ) * 100)
+    for x in (img, img_128):
+        assert torch.isfinite(x).all()
+        assert x.min() >= -1 and x.max() <= 1
+        assert x.std() > 0.01  # not a constant image
+
+
+# -- 4. SLE --
+
+@pytest.mark.parametrize("low,high", [(4, 64), (8, 128), (13, 40)])
+def test_sle_gate_and_forward(low, high):
+    """SLE (Eq. 1): a per-channel gate in (0,1) from x_low multiplies x_high, for any pair of resolutions."""
+    torch.manual_seed(0)
+    sle = SLE(ch_low=24, ch_high=8).eval()  # eval: no power-iteration step between two calls
+    x_low, x_high = torch.randn(3, 24, low, low), torch.randn(3, 8, high, high)
+    gate = sle.gate(x_low)
+    assert gate.shape == (3, 8, 1, 1)
+    assert (gate > 0).all() and (gate < 1).all()
+    # The gate reads x_low: different samples get different gates.
+    assert (gate[0] - gate[1]).abs().max() > 1e-3
+    y = sle(x_low, x_high)
+    assert y.shape == x_high.shape
+    assert torch.allclose(y, x_high * gate, rtol=0, atol=1e-6)
+    # Channel-wise: inside one channel the ratio y / x_high is one number.
+    ratio = y[1, 2] / x_high[1, 2]
+    assert torch.allclose(ratio, gate[1, 2, 0, 0].expand_as(ratio), atol=1e-5)
+
+
+# -- 5. & 6. Gradients --
+
+@pytest.mark.parametrize("size", SUPPORTED_SIZES)
+def test_generator_loss_reaches_every_generator_parameter(size):
+    """G's adversarial loss -E[D(G(z))] (Eq. 4) gives every G parameter a finite, non-zero gradient."""
+    torch.manual_seed(0)
+    G, D = Generator(ngf=8, nz=NZ, im_size=size), Discriminator(ndf=8, im_size=size)
+    img, img_128 = G(torch.randn(2, NZ))
+    logits_big, logits_small = D(img, img_128)
+    loss = -(logits_big.mean() + logits_small.mean())
+    loss.backward()
+    # Includes the NoiseInjection strengths, which start at 0 but still get a gradient.
+    assert all(m.weight.item() == 0 for m in G.modules() if isinstance(m, NoiseInjection))
+    _assert_grads_reach(G.named_parameters(), "G")
+
+
+@pytest.mark.parametrize("size", SUPPORTED_SIZES)
+def test_reconstruction_loss_reaches_every_decoder_parameter(size):
+    """D's reconstruction loss (Eq. 2) trains all three decoders, and through them D's encoder."""
+    torch.manual_seed(0)
+    D = Discriminator(ndf=8, im_size=size)
+    img = torch.rand(2, 3, size, size) * 2 - 1
+    img_128 = F.interpolate(img, size=128)
+    part = 2
+    _, _, recons = D(img, img_128, part=part)
+    loss = (F.mse_loss(recons["big"], img_128)
+            + F.mse_loss(recons["part"], F.interpolate(crop_quarter(img, part), size=128))
+            + F.mse_loss(recons["small"], img_128))
+    loss.backward()
+    for name in ("decoder_big", "decoder_part", "decoder_small"):
+        _assert_grads_reach(getattr(D, name).named_parameters(), name)
+    # The point of §3.2: the loss shapes D's own features (the stem and the small branch).
+    _assert_grads_reach(D.stem.named_parameters(), "D.stem")
+    _assert_grads_reach(D.small.named_parameters(), "D.small")
+
+
+# -- 7. Style mixing --
+
+@pytest.fixture(scope="module")
+def mixing_generator():
+    """A settled G in eval mode with non-zero noise strengths; the tests only read it (no_grad, eval)."""
+    torch.manual_seed(0)
+    G = _settle(Generator(ngf=16, nz=NZ, im_size=128))
+    # Non-zero noise strengths, so that sharing the noise between the two paths is actually tested.
+    for m in G.modules():
+        if isinstance(m, NoiseInjection):
+            m.weight.data.fill_(0.5)
+    return G
+
+
+def test_style_mixing_with_own_latent_is_identity(mixing_generator):
+    """G(z, z_style=z) == G(z) exactly in eval mode with the same noise (§4.2 style mixing)."""
+    G = mixing_generator
+    torch.manual_seed(1)
+    z = torch.randn(2, NZ)
+    noise = G.draw_noise(2)
+    with torch.no_grad():
+        a, a_128 = G(z, noise=noise)
+        b, b_128 = G(z, z_style=z, noise=noise)
+        assert torch.equal(a, b) and torch.equal(a_128, b_128)
+        # Same through a fixed seed instead of an explicit noise dict.
+        torch.manual_seed(5)
+        c, _ = G(z)
+        torch.manual_seed(5)
+        d, _ = G(z, z_style=z)
+        assert torch.equal(c, d)
+        # ...and the noise does matter (its strengths are 0.5), so the above is not vacuous.
+        e, _ = G(z)
+        assert (c - e).abs().max() > 1e-2
+
+
+def test_style_mixing_mixes(mixing_generator):
+    """G(z, z_style=w) differs from G(z) and G(w): the gates carry w's style, the content is z's (Fig. 5)."""
+    G = mixing_generator
+    torch.manual_seed(2)
+    z, w = torch.randn(2, 2, NZ)
+    noise = G.draw_noise(2)
+    with torch.no_grad():
+        # The gates themselves depend on the latent, well above float noise, and are not saturated.
+        feats_z, feats_w = G.low_res_path(z, noise), G.low_res_path(w, noise)
+        for hi, sle in G.sle.items():
+            lo = int(hi) // 16
+            g_z, g_w = sle.gate(feats_z[lo]), sle.gate(feats_w[lo])
+            assert 0.05 < g_z.mean() < 0.95
+            assert (g_z - g_w).abs().mean() > 1e-2, f"gate of {hi} barely depends on the latent"
+        img_z, _ = G(z, noise=noise)
+        img_w, _ = G(w, noise=noise)
+        mixed, _ = G(z, z_style=w, noise=noise)
+    assert (mixed - img_z).abs().mean() > 1e-2
+    assert (mixed - img_w).abs().mean() > 1e-2
+    # The content comes from z: the mix is closer to G(z) than to G(w).
+    assert (mixed - img_z).abs().mean() < (mixed - img_w).abs().mean()
+
+
+# -- 8. DiffAugment --
+
+AUG_POLICIES = ["color", "translation", "cutout", "color,translation,cutout"]
+
+
+@pytest.mark.parametrize("policy", AUG_POLICIES)
+def test_diffaugment_keeps_shape_and_is_differentiable(policy):
+    """DiffAugment keeps the batch shape and passes a non-zero gradient back to its input (Zhao et al. 2020)."""
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 32, 24) * 2 - 1).requires_grad_()
+    y = diff_augment(x, policy)
+    assert y.shape == x.shape
+    (y * torch.randn_like(y)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad != 0).any()
+
+
+@pytest.mark.parametrize("policy", AUG_POLICIES)
+def test_diffaugment_draws_per_sample(policy):
+    """Each sample of a batch gets its own random augmentation (same image x8 -> different outputs)."""
+    torch.manual_seed(0)
+    x = (torch.rand(1, 3, 32, 32) * 2 - 1).expand(8, 3, 32, 32).contiguous()
+    y = diff_augment(x, policy)
+    distinct = {tuple(y[i].flatten().tolist()) for i in range(8)}
+    if policy.startswith("color"):
+        assert len(distinct) == 8  # continuous random factors: all differ
+    else:
+        assert len(distinct) >= 4  # integer offsets: a few may coincide, not most
+
+
+def test_diffaugment_empty_policy_is_identity():
+    """An empty policy leaves the images untouched."""
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(diff_augment(x, ""), x)
+
+
+def test_diffaugment_unknown_policy_raises():
+    """An unknown policy name is refused with a ValueError naming the known ones."""
+    with pytest.raises(ValueError, match="translation"):
+        diff_augment(torch.randn(2, 3, 8, 8), "color,rotation")
+
+
+def test_diffaugment_translation_shifts_with_zero_fill():
+    """Translation shifts each image by an integer offset of at most 1/8 of its size, filling with zeros."""
+    torch.manual_seed(0)
+    B, H, W = 16, 32, 24
+    x = torch.rand(1, 3, H, W) + 0.5  # every pixel non-zero, so zeros in the output are fill
+    x[:, :, H // 2, W // 2] = 10.0    # one bright marker pixel
+    y = diff_augment(x.expand(B, 3, H, W).contiguous(), "translation")
+    shifts = set()
+    for b in range(B):
+        pos = (y[b, 0] == 10.0).nonzero()
+        assert pos.shape == (1, 2), "the marker must appear exactly once"
+        dy, dx = pos[0, 0].item() - H // 2, pos[0, 1].item() - W // 2
+        assert abs(dy) <= H // 8 and abs(dx) <= W // 8
+        shifts.add((dy, dx))
+        expected = torch.zeros(3, H, W)
+        expected[:, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+            x[0, :, max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)]
+        assert torch.equal(y[b], expected)
+        # |dy| rows and |dx| columns are entirely zero.
+        assert int((y[b].abs().sum(dim=(0, 2)) == 0).sum()) == abs(dy)
+        assert int((y[b].abs().sum(dim=(0, 1)) == 0).sum()) == abs(dx)
+    assert len(shifts) > 1 and any(s != (0, 0) for s in shifts)
+
+
+def test_diffaugment_cutout_zeros_a_square():
+    """Cutout zeros one axis-aligned square of half the image size per sample (clipped at the edges)."""
+    torch.manual_seed(0)
+    B, H, W = 16, 32, 32
+    y = diff_augment(torch.ones(B, 3, H, W), "cutout")
+    assert ((y == 0) | (y == 1)).all()
+    assert (y == y[:, :1]).all()  # the same hole in every channel
+    full_holes = 0
+    for b in range(B):
+        hole = y[b, 0] == 0
+        rows, cols = hole.any(dim=1), hole.any(dim=0)
+        assert hole.any()
+        # The hole is exactly the rectangle rows x cols, at most 16x16.
+        assert torch.equal(hole, rows[:, None] & cols[None, :])
+        assert rows.sum() <= H // 2 and cols.sum() <= W // 2
+        full_holes += int(rows.sum() == H // 2 and cols.sum() == W // 2)
+    assert full_holes > 0
+
+
+def test_diffaugment_color_on_flat_image_is_a_brightness_shift():
+    """On a flat grey image saturation and contrast do nothing; brightness adds U[-0.5, 0.5] per image."""
+    torch.manual_seed(0)
+    x = torch.full((16, 3, 8, 8), 0.2)
+    y = diff_augment(x, "color")
+    shift = y - x
+    per_image = shift[:, :1, :1, :1]
+    assert torch.allclose(shift, per_image.expand_as(shift), atol=1e-6)
+    assert (per_image.abs() <= 0.5 + 1e-6).all()
+    assert per_image.std() > 0.1
+
+
+# -- 9. Configuration checks --
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: Generator(im_size=300), r"128, 256, 512, 1024"),
+    (lambda: Discriminator(im_size=64), r"128, 256, 512, 1024"),
+    (lambda: Generator(ngf=12, im_size=128), r"multiple of 8"),
+    (lambda: Discriminator(ndf=0, im_size=128), r"multiple of 8"),
+    (lambda: Generator(ngf=-8, im_size=128), r"multiple of 8"),
+], ids=["G-size300", "D-size64", "ngf12", "ndf0", "ngf-8"])
+def test_bad_configuration_raises(build, match):
+    """A size or width the networks cannot be built for is refused with a ValueError naming the allowed values."""
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+# -- 10. Initialisation (§4: N(0, 0.02) weights, spectral norm on every conv) --
+
+def test_initialisation():
+    """Conv weights ~ N(0, 0.02), BatchNorm gamma ~ N(1, 0.02) and beta = 0, noise strengths 0, SN on every conv."""
+    torch.manual_seed(0)
+    G, D = Generator(ngf=64, nz=NZ, im_size=128), Discriminator(ndf=64, im_size=128)
+    w = G.up["16"].conv.parametrizations.weight.original
+    assert 0.015 <= w.std() <= 0.025 and abs(w.mean()) < 1e-3
+    for net in (G, D):
+        gammas, betas = [], []
+        for name, m in net.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                assert hasattr(m, "parametrizations"), f"{name} has no spectral norm"
+                w = m.parametrizations.weight.original
+                if w.numel() >= 1000:  # enough samples for a tight estimate
+                    assert 0.015 <= w.std() <= 0.025, f"{name}: std {w.std():.4f}"
+                    assert abs(w.mean()) < 0.003, f"{name}: mean {w.mean():.4f}"
+            elif isinstance(m, nn.BatchNorm2d):
+                gammas.append(m.weight.detach().flatten())
+                betas.append(m.bias.detach().flatten())
+        gammas, betas = torch.cat(gammas), torch.cat(betas)
+        assert abs(gammas.mean() - 1) < 0.005
+        assert 0.015 <= gammas.std() <= 0.025
+        assert torch.equal(betas, torch.zeros_like(betas))
+    assert all(m.weight.item() == 0 for m in G.modules() if isinstance(m, NoiseInjection))
+
+
+def test_spectral_norm_is_one_right_after_construction():
+    """Right after construction each spectrally-normalised conv has largest singular value ~1 (§4)."""
+    torch.manual_seed(0)
+    for net in (Generator(ngf=8, nz=NZ, im_size=256), Discriminator(ndf=8, im_size=256)):
+        net.eval()  # eval: reading .weight does no power-iteration step
+        for name, m in net.named_modules():
+            if hasattr(m, "parametrizations"):
+                p = m.parametrizations.weight[0]
+                sigma = torch.linalg.matrix_norm(p._reshape_weight_to_matrix(m.weight.detach()), 2)
+                assert 0.95 <= sigma <= 1.2, f"{name}: largest singular value {sigma:.3f}"
+
+
+# ---- Training (train.py): the loop, checkpoints, resume, refused and handled input ----
+
+HERE = Path(__file__).resolve().parent
+# The smallest real configuration: 128x128, widths 8, batch 2, every iteration logged.
+TINY = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "2", "--device", "cpu", "--log_every", "1"]
+
+
+def _train_make_images(folder, n=4, size=64, seed=0):
+    """n PNGs with structure a GAN can learn: a flat background and a disc, colours drawn at random."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        img = np.empty((size, size, 3), np.uint8)
+        img[:] = rng.integers(0, 256, 3)
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        r = rng.integers(size // 8, size // 4)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 256, 3)
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    return folder
+
+
+def _train_run(argv, capsys):
+    """train.main in this process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        train.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One 4-iteration run, saved and sampled every 2 iterations, shared by several tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = _train_make_images(root / "data")
+    train.main(["--path", str(data), "--out", str(root / "runs"), "--iter", "4",
+                "--save_every", "2", "--sample_every", "2", *TINY])
+    return root, data, root / "runs" / "data"
+
+
+def test_train_writes_checkpoints_images_log_and_args(tiny_run):
+    """Issue 3, item 1: OUT/NAME/ holds numbered and latest checkpoints, grids, the loss log and args."""
+    _, _, run = tiny_run
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt", "latest.pt"]
+    assert sorted(p.name for p in (run / "images").iterdir()) == [
+        "000002_recons.png", "000002_samples.png", "000004_recons.png", "000004_samples.png"]
+    with Image.open(run / "images" / "000004_samples.png") as im:
+        assert im.size == (4 * 130 + 2, 4 * 130 + 2)          # 16 samples, 4 per row, 128 px + 2 px gaps
+    with Image.open(run / "images" / "000004_recons.png") as im:
+        assert im.size == (5 * 130 + 2, 4 * 130 + 2)          # 4 real images x (real + 4 reconstructions)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert all(np.isfinite(r[k]) for k in ("d_real", "d_fake", "recon", "g"))
+        assert r["recon"] > 0
+    args = json.loads((run / "args.json").read_text())
+    assert args["im_size"] == 128 and args["ngf"] == 8 and args["iter"] == 4
+
+
+def test_checkpoint_is_complete_and_weights_only(tiny_run):
+    """A checkpoint loads with weights_only=True and holds nets, optimisers, iteration, args and RNGs."""
+    _, _, run = tiny_run
+    st = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert st["format"] == train.CHECKPOINT_FORMAT and st["iteration"] == 4
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "args", "rng"} <= set(st)
+    assert set(st["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert len(st["opt_G"]["state"]) == len(st["opt_G"]["param_groups"][0]["params"]) > 0
+    two = torch.load(run / "checkpoints" / "000002.pt", weights_only=True)
+    changed = [k for k in st["G"] if st["G"][k].is_floating_point() and not torch.equal(st["G"][k], two["G"][k])]
+    assert changed, "G did not change between iterations 2 and 4"
+    # The EMA generator is a different network from G, but close to it.
+    assert any(not torch.equal(st["G"][k], st["G_ema"][k]) for k in changed)
+
+
+def test_resume_is_bit_exact(tiny_run, capsys):
+    """Issue 3, item 2: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, EMA, Adam)."""
+    root, data, run = tiny_run
+    out = root / "resumed"
+    common = ["--path", str(data), "--out", str(out), "--save_every", "2", "--sample_every", "2", *TINY]
+    assert _train_run([*common, "--iter", "2"], capsys)[0] == 0
+    code, stdout, _ = _train_run([*common, "--iter", "4", "--resume", "latest"], capsys)
+    assert code == 0 and "resumed from iteration 2" in stdout
+    a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(out / "data" / "checkpoints" / "latest.pt", weights_only=True)
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    for opt in ("opt_G", "opt_D"):
+        for i, s in a[opt]["state"].items():
+            assert torch.equal(s["exp_avg"], b[opt]["state"][i]["exp_avg"])
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    """A crash (here: a full disk) during a save leaves the previous file intact and no temporary file."""
+    path = tmp_path / "latest.pt"
+    good = {"format": train.CHECKPOINT_FORMAT, "w": torch.arange(10.0)}
+    train.save_checkpoint(path, good)
+
+    def failing_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "w": torch.zeros(10)})
+    monkeypatch.undo()
+    assert torch.equal(train.load_checkpoint(path)["w"], torch.arange(10.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    """A NaN loss stops the run with a message naming its iteration; latest.pt stays the last good one."""
+    data = _train_make_images(tmp_path / "data", n=2)
+    real_step, calls = train.train_step, []
+
+    def step_that_diverges(*a, **k):
+        losses = real_step(*a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            losses["g"] = losses["g"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(train, "train_step", step_that_diverges)
+    code, _, err = _train_run(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "6",
+                               "--save_every", "2", "--sample_every", "100", *TINY], capsys)
+    assert code == 1
+    assert "iteration 3" in err and "NaN" in err and "Traceback" not in err
+    st = train.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")
+    assert st["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in st["G"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """Ctrl-C finishes the iteration, writes latest.pt, and exits (code 130) without a traceback."""
+    data = _train_make_images(tmp_path / "data", n=2)
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "train.py", "--path", str(data), "--out", str(out), "--iter", "10000",
+                             "--save_every", "10000", "--sample_every", "10000", *TINY],
+                            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "data" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: saved iteration" in stderr
+    saved = int(stderr.split("interrupted: saved iteration ")[1].split()[0])
+    st = train.load_checkpoint(out / "data" / "checkpoints" / "latest.pt")
+    assert st["iteration"] == saved >= 1
+
+
+def _train_refusals(tmp_path, tiny_run):
+    root, data, run = tiny_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    (empty / "broken.png").write_bytes(b"\x89PNG this is not really a png")
+    not_ours = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, not_ours)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"definitely not a checkpoint")
+    base = ["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "1", *TINY]
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    return {
+        "missing --path": (["--iter", "1"], "--path"),
+        "no such folder": ([*base[:0], "--path", str(tmp_path / "nope"), "--iter", "1"], "no such folder"),
+        "no readable images": (["--path", str(empty), "--iter", "1", *TINY], ".jpg, .jpeg, .png"),
+        "bad im_size": ([*base, "--im_size", "300"], "--im_size must be one of"),
+        "bad ngf": ([*base, "--ngf", "12"], "--ngf must be a positive multiple of 8"),
+        "bad ndf": ([*base, "--ndf", "0"], "--ndf must be a positive multiple of 8"),
+        "resume latest without one": ([*base, "--resume", "latest"], "there is no"),
+        "resume someone else's file": ([*base, "--resume", str(not_ours)], "not a checkpoint written by"),
+        "resume garbage": ([*base, "--resume", str(garbage)], "not a readable FastGAN checkpoint"),
+        "resume other widths": ([*base, "--ngf", "16", "--resume", ckpt], "pass --ngf 8"),
+        "resume other size": ([*base, "--im_size", "256", "--resume", ckpt], "pass --im_size 128"),
+    }
+
+
+def test_refused_inputs_exit_2_with_one_line(tmp_path, tiny_run, capsys):
+    """Issue 3, refused input: exit code 2, one readable line on stderr, no traceback, for each case."""
+    for name, (argv, expected) in _train_refusals(tmp_path, tiny_run).items():
+        code, _, err = _train_run(argv, capsys)
+        assert code == 2, name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, (name, err)
+
+
+def test_refused_input_in_a_real_process_has_no_traceback(tmp_path):
+    """The same, seen from a shell: a missing folder, through `python train.py`."""
+    r = subprocess.run([sys.executable, "train.py", "--path", str(tmp_path / "nope")], cwd=HERE,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"train.py: error: {tmp_path / 'nope'}: no such folder (give --path a folder of images)"]
+
+
+def test_bad_files_are_skipped_and_odd_sizes_resized(tmp_path, capsys):
+    """Issue 3, handled input: an undecodable file is named and skipped; small/non-square images are
+    resized with one line saying how many; training finishes."""
+    data = _train_make_images(tmp_path / "data", n=2, size=128)
+    Image.fromarray(np.zeros((40, 90, 3), np.uint8)).save(data / "wide.jpg")
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    code, out, err = _train_run(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "1", *TINY], capsys)
+    assert code == 0
+    assert "skipping" in out and "broken.jpg" in out and "skipped 1 unreadable file(s) of 4" in out
+    assert "1 of 3 images were smaller than 128 or not square" in out
+    assert "data: 3 images" in out
+    assert train.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")["iteration"] == 1
+
+
+def test_images_of_every_mode_load_as_rgb(tmp_path):
+    """Grey, palette, RGBA (composited on white), LA, CMYK and 16-bit grey all load as (3, S, S) uint8."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgba = np.zeros((8, 8, 4), np.uint8)                     # fully transparent black -> white
+    cases = {
+        "grey.png": (Image.fromarray(np.full((8, 8), 77, np.uint8), "L"), (77, 77, 77)),
+        "pal.png": (Image.fromarray(rgb).convert("P"), (200, 0, 0)),
+        "rgba.png": (Image.fromarray(rgba, "RGBA"), (255, 255, 255)),
+        "la.png": (Image.fromarray(np.zeros((8, 8, 2), np.uint8), "LA"), (255, 255, 255)),
+        "cmyk.jpg": (Image.fromarray(rgb).convert("CMYK"), (200, 0, 0)),
+        "grey16.png": (Image.fromarray(np.full((8, 8), 65535, np.uint16)), (255, 255, 255)),
+    }
+    for name, (img, colour) in cases.items():
+        img.save(tmp_path / name)
+        a, size = train.load_image(tmp_path / name, 16)
+        assert a.shape == (3, 16, 16) and a.dtype == np.uint8 and size == (8, 8), name
+        assert np.abs(a.reshape(3, -1).mean(1) - np.array(colour)).max() <= 3, (name, a.reshape(3, -1).mean(1))
+
+
+def test_streaming_data_trains(tmp_path, capsys):
+    """--stream decodes from disk each iteration (the path for sets too large for memory)."""
+    data = _train_make_images(tmp_path / "data", n=3)
+    code, out, _ = _train_run(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "2",
+                               "--stream", "--workers", "0", *TINY], capsys)
+    assert code == 0 and "streamed from disk" in out
+    assert train.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")["iteration"] == 2
