@@ -1074,3 +1074,99 @@ def test_sample_refuses_bad_input(_sample_env, tmp_path, capsys, case):
     assert len(lines) == 1 and lines[0].startswith("sample.py: error: ") and expected in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists(), "nothing may be written for refused input"
+
+
+# ---- Speed (bench.py, train.py's speed options): faster, same results ----
+
+import argparse  # noqa: E402  (kept beside the tests that use it)
+
+import bench  # noqa: E402
+
+_BENCH_ARGS = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "2", "--device", "cpu"]
+
+
+def _bench_run(kind, n=3, **flags):
+    """n iterations of `kind` ('baseline' or 'ours') from seed 0: (losses per iteration, G, D, G_ema)."""
+    a = bench.parse_args(_BENCH_ARGS + ["--no-channels_last", "--no-amp", "--no-compile"])
+    a = argparse.Namespace(**{**vars(a), **flags})
+    device = torch.device("cpu")
+    G, D, G_ema, real = bench.setup(a, device, seed=0)
+    torch.manual_seed(1)
+    if kind == "baseline":
+        opt_G = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(0.5, 0.999))
+        opt_D = torch.optim.Adam(D.parameters(), lr=a.lr, betas=(0.5, 0.999))
+        losses = [bench.baseline_step(G, D, G_ema, opt_G, opt_D, real, a) for _ in range(n)]
+    else:
+        opt_G, opt_D = train.make_optimizers(G, D, a.lr, device)
+        amp_dtype, scaler = train.amp_setup(a.amp, device)
+        ema = train.EMA(G_ema, G)
+        G_fast, D_fast = train.speed_up(G, D, a, device)
+        if a.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        losses = [train.train_step(G_fast, D_fast, opt_G, opt_D, real, a, ema, scaler, amp_dtype) for _ in range(n)]
+    return [{k: v.item() for k, v in l.items()} for l in losses], G, D, G_ema
+
+
+@pytest.fixture(scope="module")
+def _bench_baseline():
+    return _bench_run("baseline")
+
+
+def test_our_step_is_bit_identical_to_the_authors_step(_bench_baseline):
+    """Issue 6, item 1: the always-on savings (D frozen in the G step, fused EMA, ...) change speed,
+    not results: losses, G and D are bit-identical to the authors' step after 3 iterations."""
+    base_losses, G_b, D_b, E_b = _bench_baseline
+    losses, G, D, E = _bench_run("ours")
+    assert losses == base_losses
+    for a, b in ((G_b, G), (D_b, D)):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    # The EMA: the same average of the parameters (lerp rounds differently from mul/add: 1e-6).
+    for x, y in zip(E_b.parameters(), E.parameters()):
+        assert torch.allclose(x, y, atol=1e-6, rtol=0)
+    # ... and ours also averages BatchNorm's running statistics, which the authors' loop leaves at init.
+    assert not torch.equal(E_b.init[1].running_mean, E.init[1].running_mean)
+
+
+def test_channels_last_agrees_within_tolerance(_bench_baseline):
+    """--channels_last uses other convolution kernels: losses within 5e-3 and weights within 3e-3 of
+    float32 NCHW after 3 iterations (Adam's steps are 2e-4 each)."""
+    base_losses, G_b, _, _ = _bench_baseline
+    losses, G, _, _ = _bench_run("ours", channels_last=True)
+    for lb, lo in zip(base_losses, losses):
+        assert all(abs(lb[k] - lo[k]) < 5e-3 for k in lb), (lb, lo)
+    for x, y in zip(G_b.parameters(), G.parameters()):
+        assert torch.allclose(x, y, atol=3e-3, rtol=0)
+    assert any(not torch.equal(x, y) for x, y in zip(G_b.parameters(), G.parameters()))  # really another path
+
+
+def test_amp_trains_without_nan_close_to_float32(_bench_baseline):
+    """--amp (bf16 autocast on the CPU): 3 iterations with finite losses within 0.05 of float32's."""
+    base_losses, _, _, _ = _bench_baseline
+    losses, G, _, _ = _bench_run("ours", amp=True)
+    for lb, lo in zip(base_losses, losses):
+        assert all(np.isfinite(lo[k]) and abs(lb[k] - lo[k]) < 0.05 for k in lb), (lb, lo)
+    assert all(torch.isfinite(p).all() for p in G.parameters())
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("FASTGAN_SLOW"),
+                    reason="slow (compiles G and D for minutes): run with FASTGAN_SLOW=1")
+def test_compile_agrees_within_tolerance(_bench_baseline):
+    """--compile (torch.compile of G and D): losses within 5e-3 of eager float32 after 3 iterations."""
+    base_losses, _, _, _ = _bench_baseline
+    losses, _, _, _ = _bench_run("ours", compile=True)
+    for lb, lo in zip(base_losses, losses):
+        assert all(abs(lb[k] - lo[k]) < 5e-3 for k in lb), (lb, lo)
+
+
+def test_bench_prints_one_json_line(capsys):
+    """bench.py: one JSON line with the median and spread of seconds per iteration, images/s, peak
+    memory, parameter counts, FLOPs of the step and the machine's matmul FLOP/s."""
+    bench.main(_BENCH_ARGS + ["--iters", "2", "--warmup", "1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    r = json.loads(out[-1])
+    assert len(r["all_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+    assert r["images_per_s"] == pytest.approx(2 / r["median_s"])
+    assert r["params_G"] == sum(p.numel() for p in Generator(ngf=8, nz=256, im_size=128).parameters())
+    assert r["peak_memory_gb"] > 0 and r["device"] == "cpu" and r["threads"] >= 1
+    assert r["step_gflop"] > 1 and r["matmul_gflop_per_s"] > r["achieved_gflop_per_s"] > 0
