@@ -57,7 +57,7 @@ def find_images(folder):
     """Every file under `folder` (recursively) with an image extension, sorted for a fixed order."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{folder}: no such folder (give --path a folder of images)")
+        raise UsageError(f"{folder}: no such folder")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
@@ -77,8 +77,9 @@ def to_rgb(img):
 
 
 def load_image(path, im_size):
-    """Decode one file to a (3, im_size, im_size) uint8 array; non-square images are stretched to a
-    square, as the authors' `transforms.Resize((im_size, im_size))` does. Raises OSError if undecodable."""
+    """Decode one file: ((3, im_size, im_size) uint8 array, (original width, height)). Non-square images
+    are stretched to a square, as the authors' `transforms.Resize((im_size, im_size))` does. Raises if
+    the file does not decode."""
     with Image.open(path) as img:
         img.load()
         original_size = img.size
