@@ -482,11 +482,11 @@ def _train_run(argv, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One 4-iteration run, saved and sampled every 2 iterations, shared by several tests."""
+    """One 4-iteration run, saved, sampled and evaluated every 2 iterations, shared by several tests."""
     root = tmp_path_factory.mktemp("tiny")
     data = _train_make_images(root / "data")
     train.main(["--path", str(data), "--out", str(root / "runs"), "--iter", "4",
-                "--save_every", "2", "--sample_every", "2", *TINY])
+                "--save_every", "2", "--sample_every", "2", "--eval_every", "2", "--eval_n", "4", *TINY])
     return root, data, root / "runs" / "data"
 
 
@@ -501,7 +501,12 @@ def test_train_writes_checkpoints_images_log_and_args(tiny_run):
     with Image.open(run / "images" / "000004_recons.png") as im:
         assert im.size == (5 * 130 + 2, 4 * 130 + 2)          # 4 real images x (real + 4 reconstructions)
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval" in r]
+    rows = [r for r in rows if "eval" not in r]
     assert [r["iter"] for r in rows] == [1, 2, 3, 4]
+    # --eval_every 2: SWD of 4 EMA samples against the training images, logged beside the losses.
+    assert [r["iter"] for r in evals] == [2, 4]
+    assert all(r["eval"]["swd"] > 0 and set(r["eval"]["swd_per_level"]) == {"128", "64", "32", "16"} for r in evals)
     for r in rows:
         assert all(np.isfinite(r[k]) for k in ("d_real", "d_fake", "recon", "g"))
         assert r["recon"] > 0
@@ -525,7 +530,8 @@ def test_checkpoint_is_complete_and_weights_only(tiny_run):
 
 
 def test_resume_is_bit_exact(tiny_run, capsys):
-    """Issue 3, item 2: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, EMA, Adam)."""
+    """Issue 3, item 2: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, EMA, Adam).
+    The one-go run also evaluated and sampled; neither may change the run."""
     root, data, run = tiny_run
     out = root / "resumed"
     common = ["--path", str(data), "--out", str(out), "--save_every", "2", "--sample_every", "2", *TINY]

@@ -550,6 +550,22 @@ def save_samples(G_ema, D, fixed_z, fixed_noise, show_real, part, out_dir, itera
         save_grid(rows.flatten(0, 1).float(), Path(out_dir) / f"{iteration:06d}_recons.png", nrow=5)
 
 
+def evaluate(G_ema, real_uint8, n, seed, device, batch_size=16):
+    """Score n EMA samples against the training images with metrics.py: SWD always, FID/KID when the
+    optional package is installed. The latents come from their own generator, so evaluating never
+    changes the run."""
+    import metrics   # a script's functions, imported only by runs that evaluate
+    g = torch.Generator().manual_seed(seed + 1)
+    fakes = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            b = min(batch_size, n - i)
+            z = torch.randn(b, G_ema.nz, generator=g).to(device)
+            noise = {r: [t.to(device) for t in ts] for r, ts in G_ema.draw_noise(b, generator=g).items()}
+            fakes.append(to_uint8(G_ema(z, noise=noise)[0]))
+    return metrics.score(torch.cat(fakes), real_uint8, device=str(device))
+
+
 class Progress:
     """One line that shows iteration, speed, time left and losses; rewritten in place on a terminal."""
 
@@ -599,6 +615,9 @@ def parse_args(argv=None):
     p.add_argument("--sample_every", type=int, default=500, help="write sample and reconstruction grids")
     p.add_argument("--log_every", type=int, default=20, help="print progress and append to log.jsonl")
     p.add_argument("--resume", default=None, help="a checkpoint to continue, or 'latest'")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="score EMA samples against the training images every N iterations (0: never)")
+    p.add_argument("--eval_n", type=int, default=100, help="how many EMA samples each evaluation scores")
     p.add_argument("--stream", action="store_true",
                    help="decode images from disk every iteration (automatic for sets over 2 GiB)")
     p.add_argument("--workers", type=int, default=4, help="decoding processes when streaming")
@@ -624,7 +643,7 @@ def check_args(args):
         v = getattr(args, flag)
         if v <= 0 or v % 8:
             raise UsageError(f"--{flag} must be a positive multiple of 8 (e.g. 16, 32, 64), got {v}")
-    for flag in ("batch_size", "iter", "nz", "save_every", "sample_every", "log_every"):
+    for flag in ("batch_size", "iter", "nz", "save_every", "sample_every", "log_every", "eval_n"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if not 0 <= args.ema < 1:
@@ -725,13 +744,14 @@ def train(args):
     stream = args.stream or len(paths) * 3 * args.im_size ** 2 > 2 * 2 ** 30
     if stream:
         show_real_uint8 = load_images_subset(paths, args.im_size)
+        eval_real_uint8 = load_images_subset(paths, args.im_size, k=args.eval_n) if args.eval_every else None
         if show_real_uint8 is None:
             raise UsageError(f"{args.path}: no readable images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
         data = StreamingData(paths[rank::world], args.im_size, args.batch_size // world, device, args.seed + rank,
                              state["iteration"] if state else 0, args.workers, args.channels_last)
     else:
         images = load_images(args.path, args.im_size, log=say)
-        show_real_uint8 = images[:8]
+        show_real_uint8, eval_real_uint8 = images[:8], images
         data = InMemoryData(images[rank::world], device, args.channels_last)   # each rank: its own slice
     say(f"data: {len(images) if not stream else len(paths)} images at {args.im_size}x{args.im_size} from "
         f"{args.path} ({'streamed from disk' if stream else 'in memory on ' + str(device)})")
@@ -837,6 +857,12 @@ def train(args):
                 if is_main and (it % args.sample_every == 0 or it == args.iter):
                     save_samples(G_ema, D, fixed_z, fixed_noise, show_real, (it // args.sample_every) % 4,
                                  img_dir, it)
+                if is_main and args.eval_every and it % args.eval_every == 0:
+                    scores = evaluate(G_ema, eval_real_uint8, args.eval_n, args.seed, device)
+                    log.write(json.dumps({"iter": it, "eval": scores}) + "\n")
+                    log.flush()
+                    say(f"\neval at iteration {it}: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in scores.items() if k in ("swd", "fid", "kid") and v is not None))
                 if is_main and (it % args.save_every == 0 or it == args.iter):
                     save(it)
                 if stop_requested(stop, at_log, world, device):
