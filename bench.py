@@ -138,7 +138,7 @@ def memory_in_subprocess(kind, args):
     for k in ("im_size", "batch_size", "ngf", "ndf", "nz", "device", "threads"):
         cmd += [f"--{k}", str(getattr(args, k))]
     if kind == "ours":
-        for k in ("channels_last", "amp", "compile"):
+        for k in ("fast_upsample", "channels_last", "amp", "compile"):
             cmd.append(f"--{k}" if getattr(args, k) else f"--no-{k}")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_memory_gb"]
@@ -157,6 +157,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=5, help="timed iterations (of each step with --compare)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--fast_upsample", action=argparse.BooleanOptionalAction, default=None,
+                   help="as in train.py (default: this device's default)")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="as in train.py (default: this device's default)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="as in train.py")
@@ -204,7 +206,8 @@ def main(argv=None):
         "hours_per_10k_iter": med * 10000 / 3600,
         "peak_memory_gb": round(peak_memory_gb(device), 3),
         "params_G": n_g, "params_D": n_d, "ngf": args.ngf, "ndf": args.ndf,
-        "channels_last": args.channels_last, "amp": args.amp, "compile": args.compile,
+        "fast_upsample": args.fast_upsample, "channels_last": args.channels_last, "amp": args.amp,
+        "compile": args.compile,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }

@@ -1096,7 +1096,7 @@ _BENCH_ARGS = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "
 
 def _bench_run(kind, n=3, **flags):
     """n iterations of `kind` ('baseline' or 'ours') from seed 0: (losses per iteration, G, D, G_ema)."""
-    a = bench.parse_args(_BENCH_ARGS + ["--no-channels_last", "--no-amp", "--no-compile"])
+    a = bench.parse_args(_BENCH_ARGS + ["--no-fast_upsample", "--no-channels_last", "--no-amp", "--no-compile"])
     a = argparse.Namespace(**{**vars(a), **flags})
     device = torch.device("cpu")
     G, D, G_ema, real = bench.setup(a, device, seed=0)
@@ -1156,6 +1156,38 @@ def test_amp_trains_without_nan_close_to_float32(_bench_baseline):
     for lb, lo in zip(base_losses, losses):
         assert all(np.isfinite(lo[k]) and abs(lb[k] - lo[k]) < 0.05 for k in lb), (lb, lo)
     assert all(torch.isfinite(p).all() for p in G.parameters())
+
+
+def test_upsample_conv3x3_equals_upsample_then_conv():
+    """generator.upsample_conv3x3 is nearest-upsample x2 + 3x3 conv (padding 1), value and gradient:
+    to float64 rounding on odd sizes, and G with every up-block switched gives the same images."""
+    from generator import upsample_conv3x3, use_fast_upsample
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, padding=1)
+    out = upsample_conv3x3(x, w)
+    assert out.shape == (2, 4, 14, 18) and torch.allclose(out, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    gx, gw = torch.autograd.grad(ref, (x, w), g)
+    fx, fw = torch.autograd.grad(out, (x, w), g)
+    assert torch.allclose(gx, fx, atol=1e-11, rtol=0) and torch.allclose(gw, fw, atol=1e-11, rtol=0)
+    G = Generator(ngf=8, nz=NZ, im_size=128).eval()
+    z, noise = torch.randn(2, NZ), G.draw_noise(2)
+    plain = G(z, noise=noise)[0]
+    fast = use_fast_upsample(G)(z, noise=noise)[0]
+    assert torch.allclose(plain, fast, atol=1e-5, rtol=0)
+
+
+def test_fast_upsample_trains_within_tolerance(_bench_baseline):
+    """--fast_upsample: the same function in another order of float sums: losses within 5e-3 and
+    weights within 3e-3 of the authors' step after 3 iterations."""
+    base_losses, G_b, _, _ = _bench_baseline
+    losses, G, _, _ = _bench_run("ours", fast_upsample=True)
+    for lb, lo in zip(base_losses, losses):
+        assert all(abs(lb[k] - lo[k]) < 5e-3 for k in lb), (lb, lo)
+    for x, y in zip(G_b.parameters(), G.parameters()):
+        assert torch.allclose(x, y, atol=3e-3, rtol=0)
 
 
 @pytest.mark.skipif(not os.environ.get("FASTGAN_SLOW"),
