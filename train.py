@@ -1,7 +1,10 @@
 """Train FastGAN on a folder of images: paper §3-4, Eq. 3-4.
 
-    python train.py --path data/panda                         # the paper's setting: 1024x1024, batch 8
+    python train.py --path data/panda                         # one GPU, the paper's setting: 1024x1024, batch 8
     python train.py --path data/panda --im_size 128 --ngf 32 --ndf 32 --device cpu   # a laptop CPU
+    torchrun --nproc_per_node=4 train.py --path data/panda    # 4 GPUs of one machine; --batch_size counts all 4
+    # 2 machines of 4 GPUs: run this on each, with --node_rank=1 on the second; HOST is the first's address
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --master_addr=HOST --master_port=29500 train.py --path data/panda
 
 Read top to bottom, this file follows the paper:
   1. data: a few-shot folder of images, decoded once, kept on the device as uint8;
@@ -352,7 +355,7 @@ def train_step(G, D, opt_G, opt_D, real, args, ema=None, scaler=None, amp_dtype=
     """One FastGAN iteration, in the authors' order. `real` is (B, nc, S, S) in [-1, 1] on the device.
 
     G and D may be wrapped by torch.compile and DistributedDataParallel (see `speed_up` and
-    `setup_distributed`). Returns the losses as 0-d tensors on the device: reading them (`.item()`)
+    `wrap_distributed`). Returns the losses as 0-d tensors on the device: reading them (`.item()`)
     would make the host wait for the device, so the loop only does that every --log_every iterations."""
     autocast = torch.autocast(real.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     # Under DDP, D's gradients are averaged across ranks once per D step (in its last backward) and
@@ -375,12 +378,14 @@ def train_step(G, D, opt_G, opt_D, real, args, ema=None, scaler=None, amp_dtype=
     D.requires_grad_(True)
     opt_D.zero_grad(set_to_none=True)
     with local_only():
+        # The quarter decoder_part rebuilds (CPU RNG: no sync). Drawn even without decoders, so that
+        # the ablation's variants (--no_recon) draw every later random number the same way.
+        part = int(torch.randint(4, (1,)))
         with autocast:
             if args.no_recon:
                 logits_real = both_logits(*D(real_aug, resize_to_128(real_aug)))
                 loss_recon = torch.zeros((), device=real.device)
             else:
-                part = int(torch.randint(4, (1,)))   # the quarter decoder_part rebuilds (CPU RNG: no sync)
                 lb, ls, recons = D(real_aug, resize_to_128(real_aug), part=part)
                 logits_real = both_logits(lb, ls)
                 loss_recon = reconstruction_loss(recons, real_aug.float(), part, args.recon)
@@ -688,19 +693,19 @@ class Diverged(Exception):
 # Several GPUs or machines (torchrun). With one process none of this runs: `rank` is 0 and `world` 1.
 def setup_distributed(args):
     """Under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE), join the process group: NCCL between
-    GPUs, gloo between CPU processes. Returns (rank, world, device)."""
+    GPUs, gloo between CPU processes (and for the GPU processes' few CPU tensors, see `stop_requested`).
+    Returns (rank, world, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, resolve_device(args.device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if args.batch_size % world:
         raise UsageError(f"--batch_size {args.batch_size} is the batch of all {world} processes together "
                          f"and must be divisible by {world}")
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return torch.distributed.get_rank(), world, device
 
 
@@ -708,23 +713,28 @@ def wrap_distributed(G, D, device):
     """DDP averages gradients across processes during backward. FastGAN's BatchNorm would otherwise
     see only batch/world images per GPU, so on CUDA it becomes SyncBatchNorm (statistics over the
     global batch). PyTorch's SyncBatchNorm runs on GPUs only: CPU processes keep per-process BatchNorm.
-    D's decoders run on real images only, so D is wrapped with find_unused_parameters."""
+
+    D's decoders run on real images only. `train_step` back-propagates D's real pass locally (no_sync)
+    and its fake pass with synchronisation, and that last backward averages everything D has
+    accumulated, the decoders' gradients included, although the decoders are not in its graph: DDP
+    must only be told that a pass may leave parameters unused (find_unused_parameters). Without
+    decoders (--no_recon) every parameter is used, and the costly search for unused ones is skipped."""
     if device.type == "cuda":
         G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
         D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(D)
     ids = [device.index] if device.type == "cuda" else None
     DDP = torch.nn.parallel.DistributedDataParallel
-    return DDP(G, device_ids=ids), DDP(D, device_ids=ids, find_unused_parameters=True)
+    has_decoders = unwrap(D).decoder_big is not None
+    return DDP(G, device_ids=ids), DDP(D, device_ids=ids, find_unused_parameters=has_decoders)
 
 
-def stop_requested(stop, at_log, world, device):
-    """Has Ctrl-C/SIGTERM been received? Several processes agree on it at log iterations, so that
-    they all stop after the same iteration."""
+def stop_requested(stop, world):
+    """Has Ctrl-C/SIGTERM been received? Under torchrun the processes agree on it after every
+    iteration, so that they all stop after the same one, within torchrun's 30 s before it kills them.
+    The flag is a CPU tensor (gloo, also for GPU processes), so the GPUs never wait for it."""
     if world == 1:
         return stop["signal"] is not None
-    if not at_log:
-        return False
-    flag = torch.tensor(float(stop["signal"] is not None), device=device)
+    flag = torch.tensor(float(stop["signal"] is not None))
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag)
 
@@ -761,6 +771,9 @@ def train(args):
         data = InMemoryData(images[rank::world], device, args.channels_last)   # each rank: its own slice
     say(f"data: {len(images) if not stream else len(paths)} images at {args.im_size}x{args.im_size} from "
         f"{args.path} ({'streamed from disk' if stream else 'in memory on ' + str(device)})")
+    if world > 1 and (len(paths) if stream else len(images)) < world:   # torchrun: each rank its own share
+        raise UsageError(f"{args.path}: fewer images than the {world} processes; each process trains on "
+                         f"its own share of them")
 
     # ---- 2. networks, optimisers, EMA ----
     G, D = build_networks(args.im_size, args.ngf, args.ndf, args.nz, args.no_sle, args.no_recon)
@@ -812,7 +825,7 @@ def train(args):
     stop = {"signal": None}
 
     def on_signal(signum, frame):
-        if stop["signal"] is not None:
+        if stop["signal"] is not None and world == 1:   # under torchrun, a repeat is the same request
             raise KeyboardInterrupt
         stop["signal"] = signum
         say(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving "
@@ -851,6 +864,10 @@ def train(args):
                 totals = stacked if totals is None else totals + stacked
                 since_log += 1
                 at_log = it % args.log_every == 0 or it == args.iter
+                if world > 1 and (at_log or it % args.save_every == 0):   # torchrun: a NaN on any rank
+                    torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MAX)
+                    if not is_main and int(first_bad) >= 0:             # stops all; rank 0 says why
+                        raise SystemExit(1)
 
                 if is_main and at_log:
                     check_finite()
@@ -872,7 +889,7 @@ def train(args):
                         f"{k} {v:.3f}" for k, v in scores.items() if k in ("swd", "fid", "kid") and v is not None))
                 if is_main and (it % args.save_every == 0 or it == args.iter):
                     save(it)
-                if stop_requested(stop, at_log, world, device):
+                if stop_requested(stop, world):
                     if is_main:
                         save(it, numbered=False)
                         progress.close()
