@@ -105,9 +105,17 @@ def timed(step, device):
 
 
 def peak_memory_gb(device):
+    """CUDA: the most memory tensors ever held. CPU: the process's peak resident set size, read from
+    /proc (VmHWM starts afresh in a new program; getrusage's ru_maxrss would start from the RSS of
+    the parent that spawned us) where there is one."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss          # KiB on Linux
+    return kib / 2 ** 20
 
 
 def step_flops(step):
