@@ -266,10 +266,13 @@ class EMA:
 
 
 # Speed options (see README, "Speed and memory"). None on the command line means this device's default:
-# on where this project measured it faster on that device.
+# on only where this project measured it faster on that device. On the CPU (2 cores, AVX2, no bf16
+# units): fast_upsample was faster at small widths (17% at ngf 8) and no slower at 256x256, ngf 64; bf16 autocast was
+# ~15x slower (emulated); channels_last and compile were not measured faster. No GPU could be measured,
+# so every option is off there until a GPU user's `python bench.py --compare --device cuda` says otherwise.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": False, "amp": False, "compile": False},
-    "cuda": {"fast_upsample": False, "channels_last": True, "amp": True, "compile": False},
+    "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
 }
 
 
@@ -631,12 +634,12 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4, help="decoding processes when streaming")
     p.add_argument("--fast_upsample", action=argparse.BooleanOptionalAction, default=None,
                    help="compute each up-block's upsample + 3x3 conv as 2x2 convs on the small map: "
-                        "same function, 2.25x fewer FLOPs (default: on for CPU, off for CUDA)")
+                        "same function, 2.25x fewer FLOPs (default: on for CPU, off for CUDA: unmeasured)")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory layout (default: on for CUDA, off for CPU, as measured)")
+                   help="NHWC memory layout, what cuDNN's fastest convolutions read; try on GPUs (default: off)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision: bf16 autocast, fp16 + loss scaling on GPUs without bf16 "
-                        "(default: on for CUDA, off for CPU)")
+                        "(default: off; try on Ampere or newer GPUs, slow on CPUs without bf16 units)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile G and D: minutes of compiling, then faster steps; for long runs")
     p.add_argument("--no_sle", action="store_true", help="ablation (Table 2): no skip-layer excitation")
