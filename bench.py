@@ -76,19 +76,19 @@ def setup(args, device, seed=0):
 
 
 def make_step(kind, args, device, seed=0):
-    """(a zero-argument function running one iteration of `kind` ('ours' or 'baseline'), G, D)."""
+    """(a zero-argument function running one iteration of `kind` ('ours' or 'baseline'), G, D, G_ema)."""
     G, D, G_ema, real = setup(args, device, seed)
     if kind == "baseline":
         opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
         opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
-        return (lambda: baseline_step(G, D, G_ema, opt_G, opt_D, real, args)), G, D
+        return (lambda: baseline_step(G, D, G_ema, opt_G, opt_D, real, args)), G, D, G_ema
     opt_G, opt_D = train.make_optimizers(G, D, args.lr, device)
     amp_dtype, scaler = train.amp_setup(args.amp, device)
     ema = train.EMA(G_ema, G)
     G_fast, D_fast = train.speed_up(G, D, args, device)
     if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
-    return (lambda: train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ema, scaler, amp_dtype)), G, D
+    return (lambda: train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ema, scaler, amp_dtype)), G, D, G_ema
 
 
 def sync(device):
@@ -207,7 +207,7 @@ def main(argv=None):
 
     main_kind = kinds[0]
     med = statistics.median(times[main_kind])
-    n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in made[main_kind][1:])
+    n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in made[main_kind][1:3])
     result = {
         "step": main_kind, "im_size": args.im_size, "batch_size": args.batch_size,
         **spread(times[main_kind]), "it_per_s": 1 / med, "images_per_s": args.batch_size / med,

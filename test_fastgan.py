@@ -1142,20 +1142,9 @@ def _bench_run(kind, n=3, **flags):
     a = bench.parse_args(_BENCH_ARGS + ["--no-fast_upsample", "--no-channels_last", "--no-amp", "--no-compile"])
     a = argparse.Namespace(**{**vars(a), **flags})
     device = torch.device("cpu")
-    G, D, G_ema, real = bench.setup(a, device, seed=0)
+    step, G, D, G_ema = bench.make_step(kind, a, device, seed=0)
     torch.manual_seed(1)
-    if kind == "baseline":
-        opt_G = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(0.5, 0.999))
-        opt_D = torch.optim.Adam(D.parameters(), lr=a.lr, betas=(0.5, 0.999))
-        losses = [bench.baseline_step(G, D, G_ema, opt_G, opt_D, real, a) for _ in range(n)]
-    else:
-        opt_G, opt_D = train.make_optimizers(G, D, a.lr, device)
-        amp_dtype, scaler = train.amp_setup(a.amp, device)
-        ema = train.EMA(G_ema, G)
-        G_fast, D_fast = train.speed_up(G, D, a, device)
-        if a.channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
-        losses = [train.train_step(G_fast, D_fast, opt_G, opt_D, real, a, ema, scaler, amp_dtype) for _ in range(n)]
+    losses = [step() for _ in range(n)]
     return [{k: v.item() for k, v in l.items()} for l in losses], G, D, G_ema
 
 
@@ -1704,21 +1693,6 @@ def _ablation_one_thread():
         torch.set_num_threads(threads)
 
 
-def _ablation_make_images(folder, n=3, size=64, seed=0):
-    """n small PNGs: a flat background and a disc, colours drawn at random."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n):
-        img = np.empty((size, size, 3), np.uint8)
-        img[:] = rng.integers(0, 256, 3)
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        r = rng.integers(size // 8, size // 4)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 256, 3)
-        Image.fromarray(img).save(folder / f"img{i}.png")
-    return folder
-
-
 def _ablation_main(argv):
     """ablation.main in this process: (exit code, stdout, stderr)."""
     out, err, code = io.StringIO(), io.StringIO(), 0
@@ -1778,7 +1752,7 @@ def _ablation_run(tmp_path_factory):
     train.build_networks, and at every train_step the random state on entry and on exit, and the
     real batch it was given."""
     root = tmp_path_factory.mktemp("ablation")
-    data = _ablation_make_images(root / "data")
+    data = _train_make_images(root / "data", n=3)
     argv = ["--path", str(data), "--out", str(root / "runs"), "--iter", "2", *_ABLATION_TINY]
     built, steps = {}, {}
     build, step = train.build_networks, train.train_step
