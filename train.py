@@ -343,12 +343,13 @@ def both_logits(logits_big, logits_small):
     return torch.cat([logits_big.flatten(), logits_small.flatten()]).float()
 
 
-def reconstruction_loss(recons, real_aug, part, kind="mse"):
+def reconstruction_loss(recons, real_aug, part, kind="mse", target_128=None):
     """L_recons of Eq. 2, summed over the three decoders. Targets are the *augmented* real image D saw,
     resized to 128, and its quarter `part`, resized to 128. Ours is a pixel loss (mse or l1); the
     authors use LPIPS, which needs downloaded VGG weights (see README, 'Where we differ')."""
     dist = F.mse_loss if kind == "mse" else F.l1_loss
-    target_128 = resize_to_128(real_aug)                         # (B, C, 128, 128)
+    if target_128 is None:
+        target_128 = resize_to_128(real_aug)                     # (B, C, 128, 128)
     target_part = resize_to_128(crop_quarter(real_aug, part))    # (B, C, 128, 128)
     return (dist(recons["big"].float(), target_128) + dist(recons["small"].float(), target_128)
             + dist(recons["part"].float(), target_part))
@@ -389,9 +390,10 @@ def train_step(G, D, opt_G, opt_D, real, args, ema=None, scaler=None, amp_dtype=
                 logits_real = both_logits(*D(real_aug, resize_to_128(real_aug)))
                 loss_recon = torch.zeros((), device=real.device)
             else:
-                lb, ls, recons = D(real_aug, resize_to_128(real_aug), part=part)
+                real_128 = resize_to_128(real_aug)                           # D's second input, and a target
+                lb, ls, recons = D(real_aug, real_128, part=part)
                 logits_real = both_logits(lb, ls)
-                loss_recon = reconstruction_loss(recons, real_aug.float(), part, args.recon)
+                loss_recon = reconstruction_loss(recons, real_aug.float(), part, args.recon, real_128.float())
             loss_real = hinge_real(logits_real)
         _backward(loss_real + loss_recon, scaler)
     with autocast:
