@@ -114,7 +114,8 @@ def upsample_conv3x3(x, weight):
     pixels of x, so each of the four output parities (a, b) is a 2x2 convolution of x whose kernel is
     the 3x3 kernel with rows and columns summed (`_FOLD`). One 2x2 conv makes all four parities at
     once (4*C_out channels, on x padded by 1, read at offsets a, b); pixel_shuffle interleaves them.
-    Results equal the plain path up to float rounding (tested); off by default (see train.py's --fast_upsample).
+    Results equal the plain path up to float rounding (tested); switched on by train.py's --fast_upsample
+    (the default on CPUs).
     x (B, C_in, H, W), weight (C_out, C_in, 3, 3) -> (B, C_out, 2H, 2W)."""
     B, _, H, W = x.shape
     c_out = weight.shape[0]
