@@ -267,8 +267,8 @@ class EMA:
 
 # Speed options (see README, "Speed and memory"). None on the command line means this device's default:
 # on only where this project measured it faster on that device. On the CPU (2 cores, AVX2, no bf16
-# units): fast_upsample was faster at small widths (17% at ngf 8) and no slower at 256x256, ngf 64; bf16 autocast was
-# ~15x slower (emulated); channels_last and compile were not measured faster. No GPU could be measured,
+# units): fast_upsample makes the step about 25% faster at 256x256, ngf 64 (README's speed table); bf16
+# autocast was ~15x slower (emulated); channels_last and compile were not measured faster. No GPU could be measured,
 # so every option is off there until a GPU user's `python bench.py --compare --device cuda` says otherwise.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": False, "amp": False, "compile": False},
@@ -305,7 +305,7 @@ def speed_up(G, D, args, device):
     """Memory layout and compilation; returns the (possibly compiled) networks."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed shapes every iteration: let cuDNN pick its fastest kernels
-    if args.fast_upsample:                      # upsample + 3x3 conv as 2x2 convs on the small map
+    if args.fast_upsample:                      # upsample + 3x3 conv as one transposed conv on the small map
         use_fast_upsample(G)
         use_fast_upsample(D)                    # D's decoders are made of the same up-blocks
     if args.channels_last:                      # NHWC: what cuDNN's and oneDNN's fastest convolutions read
@@ -635,8 +635,8 @@ def parse_args(argv=None):
                    help="decode images from disk every iteration (automatic for sets over 2 GiB)")
     p.add_argument("--workers", type=int, default=4, help="decoding processes when streaming")
     p.add_argument("--fast_upsample", action=argparse.BooleanOptionalAction, default=None,
-                   help="compute each up-block's upsample + 3x3 conv as 2x2 convs on the small map: "
-                        "same function, 2.25x fewer FLOPs (default: on for CPU, off for CUDA: unmeasured)")
+                   help="compute each up-block's upsample + 3x3 conv as one stride-2 transposed conv "
+                        "of the small map: same function, 2.25x fewer FLOPs (default: on for CPU, off for CUDA: unmeasured)")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout, what cuDNN's fastest convolutions read; try on GPUs (default: off)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
