@@ -554,12 +554,31 @@ def test_resume_is_bit_exact(tiny_run, capsys):
             assert torch.equal(s["exp_avg"], b[opt]["state"][i]["exp_avg"])
 
 
-# The overfit test's budget: 2 images, iterations of train.py at 128x128 with widths 8.
-OVERFIT_ITERS = 50
-OVERFIT_POLICY = ""          # no DiffAugment: the quickest way for D's decoders to fit 2 images
+# The overfit test's budget: 2 images, iterations of train.py at 128x128 with widths 8. The learning
+# rate is 5x the paper's and the EMA decay 0.9 (issue 3 allows a small --ema): a test has 100
+# iterations, not 50,000, and the EMA smooths the oscillations of the raw G over so few steps.
+OVERFIT_ITERS = 100
+OVERFIT_ARGS = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "4", "--lr", "1e-3",
+                "--ema", "0.9", "--policy", "", "--seed", "0", "--device", "cpu"]   # no DiffAugment: fit 2 images fast
+
+# Saturated colours, far from what an untrained G draws (tanh of small values: grey), so that a G
+# which learns the colours and the layout comes measurably closer to the training images.
+_SATURATED = np.array([[255, 0, 0], [0, 0, 255], [255, 255, 0], [0, 255, 0]], np.uint8)
 
 
-def _train_samples(G, n=16, size=16):
+def _train_make_saturated_images(folder, n=2, size=64):
+    """n PNGs: a flat saturated background with a centred disc of another saturated colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        img = np.empty((size, size, 3), np.uint8)
+        img[:] = _SATURATED[(2 * i) % 4]
+        img[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (size // 4) ** 2] = _SATURATED[(2 * i + 1) % 4]
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    return folder
+
+
+def _train_samples(G, n=16, size=8):
     """n samples of G from a fixed seed (train mode: batch statistics, as in training), at size x size."""
     g = torch.Generator().manual_seed(123)
     z = torch.randn(n, G.nz, generator=g)
@@ -569,26 +588,36 @@ def _train_samples(G, n=16, size=16):
     return F.interpolate(x, size=size, mode="area")
 
 
+def _train_nearest_distance(samples, reals):
+    """Mean over samples of the mean squared pixel difference to the closest training image."""
+    a, b = samples.flatten(1), F.interpolate(reals, size=samples.shape[-1], mode="area").flatten(1)
+    return (torch.cdist(a, b) ** 2 / a.shape[1]).min(dim=1).values.mean().item()
+
+
 def test_short_training_learns(tmp_path, capsys):
-    """Issue 3, item 3 (in part): the loop learns. On 2 synthetic images, OVERFIT_ITERS iterations of
-    train.py cut D's reconstruction loss (Eq. 2) by 3x, and the G step really moves G's samples.
-    Fails with the D step or the G step removed. (That G's samples also come *closer* to the training
-    images was not reliable within a CPU test's budget: see the README.)"""
-    data = _train_make_images(tmp_path / "data", n=2, size=64, seed=3)
-    run = ["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", str(OVERFIT_ITERS), "--im_size", "128",
-           "--ngf", "8", "--ndf", "8", "--batch_size", "4", "--device", "cpu", "--log_every", "1",
-           "--save_every", "100000", "--sample_every", "100000", "--policy", OVERFIT_POLICY, "--seed", "0"]
+    """Issue 3, item 3: the loop learns. On 2 synthetic images, OVERFIT_ITERS iterations of train.py
+    (about 90 s on 2 cores) cut D's reconstruction loss (Eq. 2) by more than 2.5x (about 50x seen),
+    and bring the EMA generator's samples closer to the training images: the mean nearest-neighbour
+    distance at 8x8 pixels falls by more than 20% (0.98 to 0.66 seen; seeds 1 and 2 with one thread:
+    0.94 to 0.67 and 0.92 to 0.64). With the G step removed (G's Adam at lr 0) the distance stays at
+    0.98 and the test fails (seen)."""
+    data = _train_make_saturated_images(tmp_path / "data")
+    run = ["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", str(OVERFIT_ITERS), "--log_every", "1",
+           "--save_every", "100000", "--sample_every", "100000", *OVERFIT_ARGS]
     assert _train_run(run, capsys)[0] == 0
     rows = [json.loads(line) for line in (tmp_path / "runs" / "data" / "log.jsonl").read_text().splitlines()]
     recon = [r["recon"] for r in rows]
-    assert len(recon) == OVERFIT_ITERS and np.mean(recon[-5:]) < np.mean(recon[:5]) / 3, recon
+    assert len(recon) == OVERFIT_ITERS and np.mean(recon[-5:]) < np.mean(recon[:5]) / 2.5, recon
 
+    reals = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                         for p in sorted(data.glob("*.png"))]).float() / 127.5 - 1   # (2, 3, 64, 64)
     torch.manual_seed(0)                                   # train.py builds G first from --seed 0
     G_start = train.build_generator(128, 8, 256)
     G_end = train.build_generator(128, 8, 256)
-    G_end.load_state_dict(train.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")["G"])
-    moved = (_train_samples(G_end) - _train_samples(G_start)).abs().mean().item()
-    assert moved > 0.02, moved
+    G_end.load_state_dict(train.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")["G_ema"])
+    start = _train_nearest_distance(_train_samples(G_start), reals)
+    end = _train_nearest_distance(_train_samples(G_end), reals)
+    assert end < 0.8 * start, (start, end)
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
@@ -1179,8 +1208,9 @@ def test_amp_trains_without_nan_close_to_float32(_bench_baseline):
 
 
 def test_upsample_conv3x3_equals_upsample_then_conv():
-    """generator.upsample_conv3x3 is nearest-upsample x2 + 3x3 conv (padding 1), value and gradient:
-    to float64 rounding on odd sizes, and G with every up-block switched gives the same images."""
+    """generator.upsample_conv3x3 (a stride-2 transposed conv with the folded 4x4 kernel) is
+    nearest-upsample x2 + 3x3 conv (padding 1), value and gradient: to float64 rounding on odd sizes,
+    and G with every up-block switched gives the same images."""
     from generator import upsample_conv3x3, use_fast_upsample
     torch.manual_seed(0)
     x = torch.randn(2, 5, 7, 9, dtype=torch.float64, requires_grad=True)
