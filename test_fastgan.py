@@ -1973,6 +1973,14 @@ def test_ablation_refuses_bad_input_with_one_line(_ablation_run, tmp_path, _abla
     assert {p: p.stat().st_mtime_ns for p in Path(existing).rglob("*") if p.is_file()} == before
 
 
+def test_ablation_passes_its_ema_decay_to_every_variant():
+    """ablation.py --ema reaches each variant's train.py command line (default: the paper's 0.999)."""
+    for argv, want in ((["--path", "d", "--iter", "3"], 0.999), (["--path", "d", "--iter", "3", "--ema", "0.99"], 0.99)):
+        args = ablation.parse_args(argv)
+        for name, sle, decoders in ablation.VARIANTS:
+            assert train.parse_args(ablation.train_argv(args, name, sle, decoders)).ema == want
+
+
 def test_ablation_seconds_per_iteration_from_log(tmp_path):
     """s/it is the median of d(time)/d(iter) within one process's rows (a resumed run restarts the
     clock; start-up and a slow save do not count); rows past --iter are ignored; the loop time is the
