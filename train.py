@@ -267,9 +267,10 @@ class EMA:
 
 # Speed options (see README, "Speed and memory"). None on the command line means this device's default:
 # on only where this project measured it faster on that device. On the CPU (2 cores, AVX2, no bf16
-# units): fast_upsample makes the step about 25% faster at 256x256, ngf 64 (README's speed table); bf16
-# autocast was ~15x slower (emulated); channels_last and compile were not measured faster. No GPU could be measured,
-# so every option is off there until a GPU user's `python bench.py --compare --device cuda` says otherwise.
+# units): fast_upsample makes the step about 25% faster at 256x256, ngf 64 (README's speed table);
+# bf16 autocast was ~15x slower (emulated); channels_last was slower (ratio 0.92 instead of 0.75);
+# compile was not timed. No GPU could be measured, so every option is off there until a GPU user's
+# `python bench.py --compare --device cuda` says otherwise.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": False, "amp": False, "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
@@ -308,7 +309,7 @@ def speed_up(G, D, args, device):
     if args.fast_upsample:                      # upsample + 3x3 conv as one transposed conv on the small map
         use_fast_upsample(G)
         use_fast_upsample(D)                    # D's decoders are made of the same up-blocks
-    if args.channels_last:                      # NHWC: what cuDNN's and oneDNN's fastest convolutions read
+    if args.channels_last:                      # NHWC: what cuDNN's fastest convolutions read (slower on our CPU)
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)
     if args.compile:                            # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
@@ -635,8 +636,9 @@ def parse_args(argv=None):
                    help="decode images from disk every iteration (automatic for sets over 2 GiB)")
     p.add_argument("--workers", type=int, default=4, help="decoding processes when streaming")
     p.add_argument("--fast_upsample", action=argparse.BooleanOptionalAction, default=None,
-                   help="compute each up-block's upsample + 3x3 conv as one stride-2 transposed conv "
-                        "of the small map: same function, 2.25x fewer FLOPs (default: on for CPU, off for CUDA: unmeasured)")
+                   help="compute each up-block's upsample + 3x3 conv as one stride-2 transposed conv of "
+                        "the small map: same function, 2.25x fewer FLOPs (default: on for CPU; off for CUDA, "
+                        "unmeasured)")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout, what cuDNN's fastest convolutions read; try on GPUs (default: off)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
