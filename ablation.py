@@ -61,8 +61,10 @@ import torch.nn.functional as F
 import metrics
 import sample
 import train
+from checkpoint import ARCH_KEYS, generator_from_checkpoint, load_checkpoint
+from cli import OneLineParser, UsageError, resolve_device
 from generator import SUPPORTED_SIZES
-from train import UsageError
+from images import load_images, save_grid, to_uint8
 
 # ------------------------------------------------------------------------------------------------
 # 1. The four variants (Table 2)
@@ -81,8 +83,8 @@ GRID_MAX_CELL = 256    # samples.png shows each sample at most this size (1024 x
 SAMPLE_BATCH = 16      # images per forward pass when sampling
 
 # Checkpoint arguments that must match this ablation's for an existing run to be part of it:
-# the networks (train.ARCH_KEYS) and what makes the four runs comparable (batch, seed, EMA decay).
-MUST_MATCH = (*train.ARCH_KEYS, "batch_size", "seed", "ema")
+# the networks (ARCH_KEYS) and what makes the four runs comparable (batch, seed, EMA decay).
+MUST_MATCH = (*ARCH_KEYS, "batch_size", "seed", "ema")
 
 
 def train_flags(sle, decoders):
@@ -95,7 +97,7 @@ def train_flags(sle, decoders):
 # ------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = train.OneLineParser(
+    p = OneLineParser(
         prog="ablation.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="FastGAN's ablation (paper Table 2): train baseline, +SLE, +decoders and both with "
                     "the same seed and budget, then score and compare them.")
@@ -139,7 +141,7 @@ def check_args(args):
     train.check_args(train.parse_args(train_argv(args, *VARIANTS[-1])))
     if args.n_samples <= 0:
         raise UsageError(f"--n_samples must be positive, got {args.n_samples}")
-    return train.resolve_device(args.device)
+    return resolve_device(args.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,13 +155,13 @@ def latest_checkpoint(run_dir):
 def variant_status(run_dir, args, name, sle, decoders):
     """("new", 0), ("partial", iteration) or ("done", iteration) for the variant's run in run_dir.
 
-    An existing checkpoint must belong to this ablation: the same networks (train.ARCH_KEYS, SLE and
+    An existing checkpoint must belong to this ablation: the same networks (ARCH_KEYS, SLE and
     decoders included), batch and seed as the train.py command line this variant gets now (else the
     table would compare unlike things), and not past --iter (else the budgets would differ)."""
     ckpt = latest_checkpoint(run_dir)
     if not ckpt.is_file():
         return "new", 0
-    state = train.load_checkpoint(ckpt)          # UsageError if unreadable or not ours
+    state = load_checkpoint(ckpt)          # UsageError if unreadable or not ours
     wanted = train.parse_args(train_argv(args, name, sle, decoders))
     for k in MUST_MATCH:
         saved, now = state["args"].get(k), getattr(wanted, k)
@@ -205,7 +207,8 @@ def count_parameters(im_size, ngf, ndf, sle, decoders):
     (on a forked random state: counting never moves anyone's random numbers). Remembered, since
     building the paper's networks takes seconds."""
     with torch.random.fork_rng(devices=[]):
-        G, D = train.build_networks(im_size, ngf, ndf, no_sle=not sle, no_recon=not decoders)
+        G, D = train.build_networks(argparse.Namespace(im_size=im_size, ngf=ngf, ndf=ndf, nz=256,
+                                                       no_sle=not sle, no_recon=not decoders))
     return tuple(sum(p.numel() for p in net.parameters()) for net in (G, D))
 
 
@@ -247,7 +250,7 @@ def timing_from_log(log_path, last_iter):
 def generator_on(state, ema, device):
     """The EMA (or raw) generator of a loaded checkpoint, in eval mode on `device`. Samples in the
     paper come from the EMA generator (§4); the raw G shows what the averaging adds."""
-    return train.generator_from_checkpoint(state, ema=ema).to(device).eval().requires_grad_(False)
+    return generator_from_checkpoint(state, ema=ema).to(device).eval().requires_grad_(False)
 
 
 def thumbnails(images_uint8, max_size=GRID_MAX_CELL):
@@ -278,11 +281,11 @@ def evaluate_variant(run_dir, args, real_uint8, device, may_reuse):
     FID is strongly biased upwards (KID is not): compare the variants with each other, not with
     published numbers, which use 5,000-50,000 samples."""
     ckpt = latest_checkpoint(run_dir)
-    state = train.load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt)
     G_ema = generator_on(state, ema=True, device=device)
     z, noise = sample.draw_inputs(G_ema, args.n_samples, args.seed)      # (n, nz), noise of batch n
     k = min(GRID_COLUMNS, args.n_samples)
-    grid = train.to_uint8(sample.generate(G_ema, z[:k], sample.slice_noise(noise, 0, k), SAMPLE_BATCH))
+    grid = to_uint8(sample.generate(G_ema, z[:k], sample.slice_noise(noise, 0, k), SAMPLE_BATCH))
 
     # The scores depend on the weights, the samples and the real set: reuse them only if all agree.
     key = {"iteration": state["iteration"], "n_samples": args.n_samples, "seed": args.seed, "fid": not args.no_fid,
@@ -294,7 +297,7 @@ def evaluate_variant(run_dir, args, real_uint8, device, may_reuse):
     G_raw = generator_on(state, ema=False, device=device)
     scores = {}
     for which, G, fid in (("raw", G_raw, False), ("ema", G_ema, not args.no_fid)):
-        fake = train.to_uint8(sample.generate(G, z, noise, SAMPLE_BATCH))   # (n, 3, S, S) uint8
+        fake = to_uint8(sample.generate(G, z, noise, SAMPLE_BATCH))   # (n, 3, S, S) uint8
         scores[which] = metrics.score(fake, real_uint8, device=str(device), fid=fid)
     with open(scores_path, "w") as f:
         json.dump({"key": key, "scores": scores}, f, indent=2, default=float)
@@ -361,7 +364,7 @@ def run(args, command):
         return format_seconds(time.time() - t0)
 
     device = check_args(args)
-    real = train.load_images(args.path, args.im_size, log=lambda m: None)   # (M, 3, S, S) uint8;
+    real = load_images(args.path, args.im_size, log=lambda m: None)   # (M, 3, S, S) uint8;
     root = Path(args.out) / f"ablation-{args.name}"                         # train.py prints warnings
     # Every existing run is checked before anything trains: a refusal then costs no training time.
     status = {}
@@ -401,7 +404,7 @@ def run(args, command):
 
     wall = time.time() - t0
     (root / "table.md").write_text(table_markdown(rows, args, command, wall, len(real)))
-    train.save_grid(torch.cat(grids), root / "samples.png", nrow=len(grids[0]))
+    save_grid(torch.cat(grids), root / "samples.png", nrow=len(grids[0]))
     with open(root / "results.json", "w") as f:
         json.dump({"command": command, "iterations": args.iter, "wall_time_s": wall,
                    "settings": {k: v for k, v in vars(args).items()}, "n_real": len(real),

@@ -19,6 +19,8 @@ same device: how close the step runs to what the machine can do.
 """
 
 import argparse
+import copy
+import itertools
 import json
 import resource
 import statistics
@@ -27,33 +29,49 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 import train
+from cli import OneLineParser, UsageError, resolve_device
+from diffaug import diff_augment
+from discriminator import crop_quarter
+from ema import EMA
+from generator import SUPPORTED_SIZES
+from speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
 
 
 def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
-    """One iteration written as the authors' code writes it (same maths and random draws as
-    `train.train_step`, none of its savings). Kept for `--compare` and for the test that our step
-    gives bit-identical results."""
+    """One iteration written as the authors' code writes it, with its losses written out here rather
+    than taken from train.py (so a wrong loss in train.py cannot agree with itself): the same maths
+    and random draws as `train.train_step`, none of its savings (D keeps requires_grad during the G
+    step; a per-parameter EMA loop with a fixed decay). Two of our choices are kept so that the
+    results can be compared bit for bit: targets and D's 128x128 input resized by area averaging
+    (the authors: nearest), and the pixel reconstruction distance (the authors: LPIPS)."""
     B = real.shape[0]
     z = torch.randn(B, G.nz, device=real.device)
     fake_big, fake_128 = G(z)
-    real_aug = train.diff_augment(real, args.policy)
-    fake_big_aug = train.diff_augment(fake_big, args.policy)
-    fake_128_aug = train.diff_augment(fake_128, args.policy)
+    real_aug = diff_augment(real, args.policy)
+    fake_big_aug = diff_augment(fake_big, args.policy)
+    fake_128_aug = diff_augment(fake_128, args.policy)
+
+    def to_128(x):
+        return x if x.shape[-1] == 128 else F.interpolate(x, size=128, mode="area" if x.shape[-1] > 128 else "nearest")
 
     D.zero_grad()
     part = int(torch.randint(4, (1,)))
-    lb, ls, recons = D(real_aug, train.resize_to_128(real_aug), part=part)
-    loss_real = train.hinge_real(train.both_logits(lb, ls))
-    loss_recon = train.reconstruction_loss(recons, real_aug, part, args.recon)
+    lb, ls, recons = D(real_aug, to_128(real_aug), part=part)
+    pred = torch.cat([lb.view(-1), ls.view(-1)])
+    loss_real = F.relu(torch.rand_like(pred) * 0.2 + 0.8 - pred).mean()
+    loss_recon = (F.mse_loss(recons["big"], to_128(real_aug)) + F.mse_loss(recons["small"], to_128(real_aug))
+                  + F.mse_loss(recons["part"], to_128(crop_quarter(real_aug, part))))
     (loss_real + loss_recon).backward()
-    loss_fake = train.hinge_fake(train.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
+    pred = torch.cat([t.view(-1) for t in D(fake_big_aug.detach(), fake_128_aug.detach())])
+    loss_fake = F.relu(torch.rand_like(pred) * 0.2 + 0.8 + pred).mean()
     loss_fake.backward()
     opt_D.step()
 
     G.zero_grad()
-    loss_g = -train.both_logits(*D(fake_big_aug, fake_128_aug)).mean()   # D's weight gradients computed too
+    loss_g = -torch.cat([t.view(-1) for t in D(fake_big_aug, fake_128_aug)]).mean()   # D's weight gradients too
     loss_g.backward()
     opt_G.step()
 
@@ -65,30 +83,36 @@ def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
 
 
 def setup(args, device, seed=0):
-    """Networks, optimisers, EMA and one synthetic real batch on the device, all from `seed`."""
+    """Networks, EMA copy and one synthetic real batch on the device, all from `seed`."""
     torch.manual_seed(seed)
-    G, D = train.build_networks(args.im_size, args.ngf, args.ndf, args.nz)
-    G_ema = train.build_generator(args.im_size, args.ngf, args.nz)
-    G_ema.load_state_dict(G.state_dict())
-    G, D, G_ema = G.to(device), D.to(device), G_ema.to(device).eval().requires_grad_(False)
+    G, D = train.build_networks(args)
+    G, D = G.to(device), D.to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     real = torch.rand(args.batch_size, 3, args.im_size, args.im_size, device=device) * 2 - 1
     return G, D, G_ema, real
 
 
 def make_step(kind, args, device, seed=0):
-    """(a zero-argument function running one iteration of `kind` ('ours' or 'baseline'), G, D, G_ema)."""
+    """(a zero-argument function running one iteration of `kind` ('ours' or 'baseline'), G, D, G_ema).
+    'ours' is train.py's iteration: `train.train_step`, then the EMA update."""
     G, D, G_ema, real = setup(args, device, seed)
     if kind == "baseline":
         opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
         opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
         return (lambda: baseline_step(G, D, G_ema, opt_G, opt_D, real, args)), G, D, G_ema
+    G_fast, D_fast = speed_up(G, D, args, device)
     opt_G, opt_D = train.make_optimizers(G, D, args.lr, device)
-    amp_dtype, scaler = train.amp_setup(args.amp, device)
-    ema = train.EMA(G_ema, G)
-    G_fast, D_fast = train.speed_up(G, D, args, device)
+    ctx = StepContext(device, args.amp, (opt_G, opt_D))
+    ema = EMA(G_ema, G, args.ema)
     if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
-    return (lambda: train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ema, scaler, amp_dtype)), G, D, G_ema
+    iterations = itertools.count(1)
+
+    def step():
+        losses = train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ctx)
+        ema.update(next(iterations))
+        return losses
+    return step, G, D, G_ema
 
 
 def sync(device):
@@ -153,9 +177,9 @@ def memory_in_subprocess(kind, args):
 
 
 def parse_args(argv=None):
-    p = train.OneLineParser(description="Time FastGAN's training step on synthetic data.",
+    p = OneLineParser(description="Time FastGAN's training step on synthetic data.",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--im_size", type=int, default=256, help=f"one of {train.SUPPORTED_SIZES}")
+    p.add_argument("--im_size", type=int, default=256, help=f"one of {SUPPORTED_SIZES}")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--ngf", type=int, default=64)
     p.add_argument("--ndf", type=int, default=64)
@@ -165,34 +189,29 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=5, help="timed iterations (of each step with --compare)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--fast_upsample", action=argparse.BooleanOptionalAction, default=None,
-                   help="as in train.py (default: this device's default)")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="as in train.py (default: this device's default)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="as in train.py")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="as in train.py")
+    add_speed_arguments(p)
     p.add_argument("--compare", action="store_true", help="also time the authors' step, alternating")
     p.add_argument("--only", choices=("ours", "baseline"), default="ours", help=argparse.SUPPRESS)
     p.add_argument("--no_flops", action="store_true", help="skip the FLOP count")
     args = p.parse_args(argv)
-    args.policy, args.recon, args.ema, args.no_recon = "color,translation", "mse", 0.999, False
+    args.policy, args.recon, args.ema, args.no_recon, args.no_sle = "color,translation", "mse", 0.999, False, False
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        if args.im_size not in train.SUPPORTED_SIZES:
-            raise train.UsageError(f"--im_size must be one of {train.SUPPORTED_SIZES}, got {args.im_size}")
+        if args.im_size not in SUPPORTED_SIZES:
+            raise UsageError(f"--im_size must be one of {SUPPORTED_SIZES}, got {args.im_size}")
         if args.iters < 1 or args.warmup < 0:
-            raise train.UsageError("--iters must be at least 1 and --warmup at least 0")
-        device = train.resolve_device(args.device)
-    except train.UsageError as e:
+            raise UsageError("--iters must be at least 1 and --warmup at least 0")
+        device = resolve_device(args.device)
+    except UsageError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train.resolve_speed_flags(args, device)
+    resolve_speed_flags(args, device)
 
     kinds = ["ours", "baseline"] if args.compare else [args.only]
     made = {k: make_step(k, args, device) for k in kinds}

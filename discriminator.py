@@ -24,10 +24,10 @@ The decoders are part of D (their parameters train with D's optimiser) but run o
 reconstructions are asked for, i.e. on real images.
 """
 
-import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from generator import SUPPORTED_SIZES, UpBlock, check_config, init_weights, sn_conv2d
+from generator import UpBlock, check_config, init_weights, sn_conv2d
 from sle import SLE
 
 # Channel width of D's feature map at each resolution, as a multiple of ndf (authors' `nfc` in D).
@@ -101,6 +101,15 @@ def crop_quarter(x, part):
     return x[:, :, row * h:(row + 1) * h, col * w:(col + 1) * w]
 
 
+def resize_to_128(x):
+    """D's second input, and the decoders' target: (B, C, H, W) -> (B, C, 128, 128). Area averaging
+    when shrinking (the authors use nearest, which aliases; area is the faithful downscale), nearest
+    when growing (a 64x64 quarter at im_size 128)."""
+    if x.shape[-1] == 128:
+        return x
+    return F.interpolate(x, size=(128, 128), mode="area" if x.shape[-1] > 128 else "nearest")
+
+
 class Discriminator(nn.Module):
     """FastGAN's D (Fig. 4).
 
@@ -158,6 +167,16 @@ class Discriminator(nn.Module):
         self.decoder_small = Decoder(d[32], nc)
         init_weights(self)
 
+    def remove_sle(self):
+        """Table 2's ablation: D without its internal SLEs (built, then dropped: see Generator.remove_sle)."""
+        self.sle = nn.ModuleDict()
+        return self
+
+    def remove_decoders(self):
+        """Table 2's ablation: a plain discriminator, no decoders and so no L_recons (§3.2 removed)."""
+        self.decoder_big = self.decoder_part = self.decoder_small = None
+        return self
+
     def forward(self, img, img_128, part=None):
         feats = {}
         x = self.stem(img)                                 # (B, d512, 256, 256), or (B, d256, 128, 128) at 128
@@ -175,10 +194,10 @@ class Discriminator(nn.Module):
         if part is None:
             return logits_big, logits_small
 
-        # Eq. 2's decoders, on real images only.
-        recons = {
-            "big": self.decoder_big(feat_8),                             # (B, nc, 128, 128)
-            "part": self.decoder_part(crop_quarter(feats[16], part)),    # 8x8 quarter -> (B, nc, 128, 128)
-            "small": self.decoder_small(feat_small),                     # (B, nc, 128, 128)
-        }
+        # Eq. 2's decoders, on real images only (none after `remove_decoders`: an empty dict).
+        recons = {}
+        if self.decoder_big is not None:
+            recons["big"] = self.decoder_big(feat_8)                            # (B, nc, 128, 128)
+            recons["small"] = self.decoder_small(feat_small)                    # (B, nc, 128, 128)
+            recons["part"] = self.decoder_part(crop_quarter(feats[16], part))   # 8x8 quarter -> (B, nc, 128, 128)
         return logits_big, logits_small, recons

@@ -1,10 +1,18 @@
 """The FastGAN generator: paper §3.1 and Fig. 3.
 
-    z (B, nz) -> 4x4 -> 8 -> 16 -> 32 -> 64 -> 128 -> 256 -> 512 -> 1024
-                        |     |     |     `- gated by SLE(4)
-                        |     |     `------- gated by ... SLE(32) at 512
-                        ...
-    outputs: the image at im_size (`to_big`) and a 128x128 image (`to_128`), both through tanh.
+    z (B, nz), seen as (B, nz, 1, 1)
+      init: ConvTranspose 4x4, BN, GLU  -> 4x4      --.
+      UpBlockComp                        -> 8x8      --|--.
+      UpBlock                            -> 16x16    --|--|--.
+      UpBlockComp                        -> 32x32    --|--|--|--.
+      UpBlock                            -> 64x64    <-'  |  |  |   x SLE(4x4 -> 64x64)
+      UpBlockComp                        -> 128x128  <----'  |  |   x SLE(8x8 -> 128x128); to_128, tanh: image_128
+      UpBlock                            -> 256x256  <-------'  |   x SLE(16x16 -> 256x256)
+      UpBlockComp                        -> 512x512  <----------'   x SLE(32x32 -> 512x512)
+      UpBlock                            -> 1024x1024
+      to_big (conv 3x3), tanh on the last map: the image at im_size
+    (the blocks above im_size are absent; each SLE squeezes the low-resolution map on its left into
+    per-channel gates that multiply the high-resolution map it points to)
 
 The paper's design choices, and where each lives below:
 - "A minimal number of layers at high resolution" (§3): one up-block per resolution, each a nearest
@@ -25,7 +33,6 @@ channel-width table.
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -57,14 +64,6 @@ def check_config(im_size, width, width_name):
 def sn_conv2d(*args, **kwargs):
     """A bias-free Conv2d with spectral norm (§4: 'spectral normalization on every conv')."""
     return spectral_norm(nn.Conv2d(*args, bias=False, **kwargs))
-
-
-def use_fast_upsample(net, on=True):
-    """Switch every up-block of `net` (G's, and D's decoders') to `upsample_conv3x3` or back."""
-    for m in net.modules():
-        if isinstance(m, (UpBlock, UpBlockComp)):
-            m.fast_upsample = on
-    return net
 
 
 def init_weights(net):
@@ -100,35 +99,6 @@ class NoiseInjection(nn.Module):
         return x + self.weight * noise  # (B, C, H, W) + (1,) * (B, 1, H, W)
 
 
-def _fold_3x3_to_4x4(w):
-    """The 4 taps of the transposed convolution along the last axis, from the 3 taps of the 3x3 kernel.
-
-    After a nearest x2 upsample u[2i] = u[2i+1] = x[i], the 3-tap window (w0, w1, w2) of output row
-    2m covers u[2m-1], u[2m], u[2m+1] = x[m-1], x[m], x[m]:   y[2m]   = w0 x[m-1] + (w1 + w2) x[m]
-    and of output row 2m+1 covers x[m], x[m], x[m+1]:          y[2m+1] = (w0 + w1) x[m] + w2 x[m+1].
-    A transposed convolution with stride 2 and padding 1 computes y[o] = sum_i x[i] K[o + 1 - 2i], so
-    K[3] = w0, K[1] = w1 + w2 (row 2m) and K[2] = w0 + w1, K[0] = w2 (row 2m+1).
-    (..., 3) -> (..., 4)."""
-    w0, w1, w2 = w.unbind(-1)
-    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=-1)
-
-
-def upsample_conv3x3(x, weight):
-    """conv3x3(nearest_upsample_x2(x)) with padding 1, computed on the small map: the same function
-    with 2.25x fewer multiply-adds and without storing the 4x larger upsampled map for backward.
-
-    After a nearest x2 upsample, the 3x3 window of each output pixel covers only 2x2 distinct pixels
-    of x, with sums of the 3x3 kernel's taps as weights that depend on the output pixel's parity
-    (`_fold_3x3_to_4x4`). That is exactly a transposed convolution of x with stride 2 and a 4x4
-    kernel: one library call, no upsampled map, no copies. Results equal the plain path up to float
-    rounding (tested); switched on by train.py's --fast_upsample (the default on CPUs).
-    x (B, C_in, H, W), weight (C_out, C_in, 3, 3) -> (B, C_out, 2H, 2W)."""
-    k = _fold_3x3_to_4x4(weight)                                       # fold columns: (C_out, C_in, 3, 4)
-    k = _fold_3x3_to_4x4(k.transpose(2, 3)).transpose(2, 3)            # fold rows:    (C_out, C_in, 4, 4)
-    # conv_transpose2d wants its weight as (C_in, C_out, kH, kW)
-    return F.conv_transpose2d(x, k.transpose(0, 1), stride=2, padding=1)   # (B, C_out, 2H, 2W)
-
-
 class UpBlock(nn.Module):
     """Fig. 3's 'UpBlock': nearest upsample x2, conv 3x3, BatchNorm, GLU.  (B, c_in, H, W) -> (B, c_out, 2H, 2W).
 
@@ -141,15 +111,11 @@ class UpBlock(nn.Module):
         self.conv = sn_conv2d(c_in, 2 * c_out, 3, 1, 1)
         self.bn = nn.BatchNorm2d(2 * c_out)
         self.glu = nn.GLU(dim=1)
-        self.fast_upsample = False   # compute up + conv as `upsample_conv3x3` (same function, faster)
 
     def forward(self, x):
-        if self.fast_upsample:
-            x = upsample_conv3x3(x, self.conv.weight)   # (B, 2*c_out, 2H, 2W)
-        else:
-            x = self.up(x)      # (B, c_in, 2H, 2W)
-            x = self.conv(x)    # (B, 2*c_out, 2H, 2W)
-        x = self.bn(x)
+        x = self.up(x)      # (B, c_in, 2H, 2W)
+        x = self.conv(x)    # (B, 2*c_out, 2H, 2W)
+        x = self.bn(x)      # (B, 2*c_out, 2H, 2W)
         return self.glu(x)  # (B, c_out, 2H, 2W)
 
 
@@ -168,13 +134,9 @@ class UpBlockComp(nn.Module):
         self.noise2 = NoiseInjection()
         self.bn2 = nn.BatchNorm2d(2 * c_out)
         self.glu = nn.GLU(dim=1)
-        self.fast_upsample = False   # as in UpBlock
 
     def forward(self, x, noise):
-        if self.fast_upsample:
-            x = upsample_conv3x3(x, self.conv1.weight)                # (B, 2*c_out, 2H, 2W)
-        else:
-            x = self.conv1(self.up(x))                                # (B, 2*c_out, 2H, 2W)
+        x = self.conv1(self.up(x))                                    # (B, 2*c_out, 2H, 2W)
         x = self.glu(self.bn1(self.noise1(x, noise[0])))              # (B, c_out, 2H, 2W)
         x = self.glu(self.bn2(self.noise2(self.conv2(x), noise[1])))  # (B, c_out, 2H, 2W)
         return x
@@ -217,6 +179,13 @@ class Generator(nn.Module):
         self.to_128 = sn_conv2d(f[128], nc, 1, 1, 0)
         self.to_big = sn_conv2d(f[im_size], nc, 3, 1, 1)
         init_weights(self)
+
+    def remove_sle(self):
+        """Table 2's ablation: the same generator without skip-layer excitation (the high-resolution
+        maps pass through ungated). The SLEs are built, then dropped, so that the layers every variant
+        shares draw the same initial weights from one seed."""
+        self.sle = nn.ModuleDict()
+        return self
 
     def draw_noise(self, batch_size, device=None, generator=None, dtype=None):
         """Every noise map the comp blocks inject, in forward order: {resolution: [n1, n2]}, each (B, 1, r, r)."""

@@ -34,6 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cli import UsageError
+from datasets import ensure_dataset
+from images import load_images
+
 # ------------------------------------------------------------------------------------------------
 # 1. SWD: sliced Wasserstein distance on Laplacian-pyramid patches (ProGAN §5, Appendix D)
 # ------------------------------------------------------------------------------------------------
@@ -459,10 +463,6 @@ class _OneLineParser(argparse.ArgumentParser):
 def main(argv=None):
     """`python metrics.py SAMPLES_DIR REAL_DIR ...`: print one JSON line of scores. Returns the exit
     code: 0, or 2 after one 'metrics.py: error: ...' line on stderr for anything we refuse."""
-    # Imported here, not at the top: `import metrics` then stays free of the training code, and a
-    # future `import metrics` inside train.py cannot become a circular import.
-    from train import UsageError, load_images
-
     parser = _OneLineParser(prog="metrics.py", description="SWD, FID and KID of generated images "
                             "against real ones; prints one JSON line.")
     parser.add_argument("samples_dir", help="folder of generated images")
@@ -483,12 +483,12 @@ def main(argv=None):
         elif device == "cuda" and not torch.cuda.is_available():
             raise _BadArgument("--device cuda: CUDA is not available here (use --device cpu)")
 
-        for folder in (args.samples_dir, args.real_dir):   # before any slow loading, and with no
-            if not Path(folder).is_dir():                  # train.py-specific hint in the message
-                raise _BadArgument(f"{folder}: no such folder (give a folder of images)")
-
-        def log(message):          # loader warnings go to stderr: stdout holds only the JSON line
+        def log(message):          # loader and fetch messages go to stderr: stdout holds only the JSON line
             print(message, file=sys.stderr)
+
+        if not Path(args.samples_dir).is_dir():            # before any slow loading or fetching
+            raise _BadArgument(f"{args.samples_dir}: no such folder (give a folder of images)")
+        ensure_dataset(args.real_dir, log=log)  # a folder, or a known dataset name fetched into it
 
         fake = load_images(args.samples_dir, args.size, log=log)     # (N, 3, S, S) uint8
         real = load_images(args.real_dir, args.size, log=log)        # (M, 3, S, S) uint8

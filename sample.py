@@ -55,8 +55,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train import (UsageError, find_images, generator_from_checkpoint, load_checkpoint, load_image,
-                   resize_to_128, resolve_device, save_grid, to_uint8)
+from checkpoint import generator_from_checkpoint, load_checkpoint
+from cli import UsageError, resolve_device
+from datasets import ensure_dataset
+from discriminator import resize_to_128
+from images import find_images, load_image, save_grid, to_uint8
 
 STRIP_PSIS = (2.0, 1.0, 0.7, 0.5, 0.3)  # rows of truncation_strip.png: from "no truncation" to strong
 MIN_PSI = 0.01       # below this every latent is ~0, and rejection sampling needs ~1/PSI rounds
@@ -234,7 +237,7 @@ def style_mix_grid(G, z_content, z_style, noise, batch_size=16):
 
 def pixel_features(images_uint8, size=NEAREST_SIZE):
     """uint8 (N, 3, H, W) -> uint8 (N, 3*size*size): each image resized to size x size by PIL's Lanczos
-    filter, the way train.load_image resizes training images, so an exact copy of a sample in the
+    filter, the way images.load_image resizes training images, so an exact copy of a sample in the
     training folder lands on exactly the same pixels."""
     out = []
     for img in images_uint8:
@@ -247,9 +250,7 @@ def pixel_features(images_uint8, size=NEAREST_SIZE):
 
 def load_training_features(folder, size=NEAREST_SIZE, log=print):
     """Every decodable image under `folder` as uint8 features (M, 3*size*size), and its path."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"--nearest {folder}: no such folder")
+    folder = ensure_dataset(folder, log=log)   # a folder, or a known dataset name fetched into it
     feats, names = [], []
     for p in find_images(folder):
         try:

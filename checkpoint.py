@@ -1,0 +1,133 @@
+"""Checkpoints: everything a run needs to continue bit for bit, written so that nothing is lost.
+
+A reader of the paper may skip this file. It holds no part of the method, only what a serious
+trainer needs around it:
+- atomic writes: a checkpoint goes to a temporary file, is flushed to disk and then renamed over the
+  old one, so a crash or a full disk mid-save leaves the previous checkpoint intact;
+- safe reads: `torch.load(..., weights_only=True)`, so a checkpoint holds tensors and plain values
+  only, never code that loading would run; anything else is refused in one line;
+- exact resume: the networks, both Adam states, the iteration, the arguments and the state of every
+  random generator the run draws from (Python, NumPy, torch's CPU and CUDA generators).
+It imports the paper's generator and `cli.UsageError`, nothing else of ours.
+"""
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cli import UsageError
+from generator import Generator
+
+CHECKPOINT_FORMAT = "fastgan-checkpoint-v1"  # marks a checkpoint as ours
+# The arguments a checkpoint's networks depend on: resuming with other values is refused.
+ARCH_KEYS = ("im_size", "ngf", "ndf", "nz", "no_sle", "no_recon")
+
+
+def rng_state():
+    """Every random generator the run draws from, as tensors and plain Python values."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def set_rng_state(state):
+    random.setstate(_tuples(state["python"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+
+
+def _tuples(x):
+    """random.setstate needs tuples where a round trip may give lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(path, state):
+    """Write `state` to `path` atomically: to a temporary file in the same folder, flushed to disk,
+    then renamed over the old one. A crash or a full disk mid-save leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read one of our checkpoints; anything else (missing, unreadable, someone else's) is a UsageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path}: not a readable FastGAN checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path}: not a checkpoint written by this project's train.py")
+    return state
+
+
+def checkpoint_state(G, D, G_ema, opt_G, opt_D, iteration, args, scalers=None):
+    """Everything needed to continue the run. G, D, G_ema: the plain modules (not DDP/compile wrappers)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": iteration,
+        "args": dict(vars(args)),
+        "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+        "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+        "scalers": scalers or {},
+        "rng": rng_state(),
+    }
+
+
+def write_checkpoints(ckpt_dir, state, numbered=True):
+    """checkpoints/NNNNNN.pt (unless not `numbered`) and checkpoints/latest.pt, each written atomically."""
+    for name in ([f"{state['iteration']:06d}.pt"] if numbered else []) + ["latest.pt"]:
+        save_checkpoint(Path(ckpt_dir) / name, state)
+
+
+def resume_state(args, run_dir):
+    """The checkpoint that --resume names ('latest': this run's own), checked against this run's
+    networks; None without --resume."""
+    if args.resume is None:
+        return None
+    path = Path(run_dir) / "checkpoints" / "latest.pt" if args.resume == "latest" else Path(args.resume)
+    if args.resume == "latest" and not path.is_file():
+        raise UsageError(f"--resume latest: there is no {path} yet (start without --resume)")
+    state = load_checkpoint(path)
+    for k in ARCH_KEYS:
+        saved, now = state["args"].get(k), getattr(args, k, None)
+        if saved != now:
+            raise UsageError(f"{path} was trained with --{k} {saved}, but this run has --{k} {now}; "
+                             f"pass --{k} {saved} to resume it")
+    return state
+
+
+def generator_from_checkpoint(state, ema=True):
+    """The (EMA by default) generator stored in a checkpoint, built from the checkpoint's own arguments."""
+    a = state["args"]
+    G = Generator(ngf=a["ngf"], nz=a["nz"], im_size=a["im_size"])
+    if a.get("no_sle", False):
+        G.remove_sle()
+    G.load_state_dict(state["G_ema" if ema else "G"])
+    return G

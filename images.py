@@ -1,0 +1,221 @@
+"""Image files in and out: a folder of training images as uint8 tensors, and PNG grids of results.
+
+A reader of the paper may skip this file. It holds no part of the method, only what a training tool
+needs around it: finding the images of a folder, decoding any of Pillow's formats to 8-bit RGB,
+refusing a folder with nothing readable in one line that names it, keeping a few-shot set on the
+training device (in memory) or decoding a large one from disk every iteration (streamed), and
+writing the grids a person looks at. Used by train.py, sample.py, metrics.py and ablation.py.
+It imports nothing of ours but `cli.UsageError`.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cli import UsageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+STREAM_ABOVE_BYTES = 2 * 2 ** 30   # a set larger than this (as uint8) is streamed, not kept in memory
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+
+def find_images(folder):
+    """Every file under `folder` (recursively) with an image extension, sorted for a fixed order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder (give a folder of images)")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def to_rgb(img):
+    """Any PIL image as 8-bit RGB: grey and palette are expanded, transparency is composited on white,
+    CMYK is converted, 16- and 32-bit greys are scaled down to 8 bits instead of being clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode != "F" and a.max() > 255 else (1.0 if img.mode == "F" else 255.0)
+        img = Image.fromarray(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" or img.mode == "LA" or (img.mode == "L" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img.convert("RGB")
+
+
+def load_image(path, im_size):
+    """Decode one file: ((3, im_size, im_size) uint8 array, (original width, height)). Non-square images
+    are stretched to a square, as the authors' `transforms.Resize((im_size, im_size))` does, with a
+    Lanczos filter (theirs: bilinear). Raises if the file does not decode."""
+    with Image.open(path) as img:
+        img.load()
+        original_size = img.size
+        img = to_rgb(img)
+    if img.size != (im_size, im_size):
+        img = img.resize((im_size, im_size), Image.Resampling.LANCZOS)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy(), original_size
+
+
+def load_images(folder, im_size, log=print, paths=None, limit=None):
+    """Images of a folder as one uint8 tensor (N, 3, im_size, im_size), decoded once (the first `limit`
+    readable ones, or all).
+
+    Files that do not decode are named, skipped and counted; images that are smaller than im_size
+    or not square are resized, with one line saying how many. No image at all is a UsageError."""
+    paths = find_images(folder) if paths is None else paths
+    arrays, bad, resized = [], [], 0
+    for p in paths:
+        if limit is not None and len(arrays) == limit:
+            break
+        try:
+            a, (w, h) = load_image(p, im_size)
+        except Exception as e:  # PIL raises several types for broken files
+            bad.append(p)
+            log(f"warning: skipping {p}: not a readable image ({type(e).__name__})")
+            continue
+        resized += (w != h) or w < im_size
+        arrays.append(a)
+    if not arrays:
+        raise UsageError(f"{folder}: no readable images found (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+                         f"recursively{f'; {len(bad)} file(s) failed to decode' if bad else ''})")
+    if bad:
+        log(f"warning: skipped {len(bad)} unreadable file(s) of {len(paths)}")
+    if resized:
+        log(f"note: {resized} of {len(arrays)} images were smaller than {im_size} or not square; "
+            f"resized to {im_size}x{im_size}")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def flip_and_normalise(batch_uint8):
+    """uint8 (B, C, H, W) on the device -> float in [-1, 1], each image flipped left-right with p = 0.5
+    (the authors' only data augmentation besides DiffAugment). Done on the device: no host round trip."""
+    x = batch_uint8.float().div_(127.5).sub_(1.0)                                    # (B, C, H, W)
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5                    # (B, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+class InMemoryData:
+    """A few-shot set lives on the training device as one uint8 tensor: 100 images at 1024x1024 are
+    300 MB, far cheaper than decoding JPEGs every iteration. Each batch is drawn afresh, without
+    replacement within the batch (the authors' loader goes through the set epoch by epoch instead),
+    by the device's own random generator (no host synchronisation)."""
+
+    def __init__(self, images_uint8, device, channels_last=False):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.images = images_uint8.to(device).contiguous(memory_format=fmt)   # (N, 3, S, S) uint8
+        self.device = device
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def batch(self, batch_size):
+        n = len(self)
+        if n >= batch_size:
+            idx = torch.randperm(n, device=self.device)[:batch_size]
+        else:  # fewer images than the batch: draw with replacement
+            idx = torch.randint(n, (batch_size,), device=self.device)
+        return flip_and_normalise(self.images[idx])                  # (B, 3, S, S) in [-1, 1]
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, paths, im_size):
+        self.paths, self.im_size = paths, im_size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return torch.from_numpy(load_image(self.paths[i], self.im_size)[0])
+        except Exception:  # a file broken since the scan: show a black image rather than stop the run
+            return torch.zeros(3, self.im_size, self.im_size, dtype=torch.uint8)
+
+
+class _IterationBatches(torch.utils.data.Sampler):
+    """Batch k of the stream is a function of (seed, k) alone, so a resumed run reads the same images."""
+
+    def __init__(self, n, batch_size, seed, start):
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+
+    def __iter__(self):
+        k = self.start
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+            if self.n >= self.batch_size:
+                yield torch.randperm(self.n, generator=g)[:self.batch_size].tolist()
+            else:
+                yield torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+            k += 1
+
+
+class StreamingData:
+    """A set too large for memory (FFHQ: 70k images) is decoded by worker processes every iteration."""
+
+    def __init__(self, paths, im_size, batch_size, device, seed, start, workers, channels_last=False):
+        self.device, self.channels_last = device, channels_last
+        self.n = len(paths)
+        loader = torch.utils.data.DataLoader(
+            _FileDataset(paths, im_size), batch_sampler=_IterationBatches(self.n, batch_size, seed, start),
+            num_workers=workers, pin_memory=str(device).startswith("cuda"),
+            persistent_workers=workers > 0)
+        self.stream = iter(loader)
+
+    def __len__(self):
+        return self.n
+
+    def batch(self, batch_size):
+        x = next(self.stream).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return flip_and_normalise(x)                                 # (B, 3, S, S) in [-1, 1]
+
+
+def training_data(folder, im_size, batch_size, device, rank=0, world=1, seed=0, start=0, stream=False,
+                  workers=4, channels_last=False, keep=8, log=print):
+    """The training set of one process: (data with `.batch(batch_size)`, real images as uint8 on the
+    CPU: the whole set when it is kept in memory, the first `keep` readable ones when it is streamed).
+
+    Under torchrun each process trains on its own slice of the images (rank, rank + world, ...).
+    A set over 2 GiB as uint8 (or any with `stream`) is streamed from disk instead of kept in memory;
+    a streamed batch is a function of (seed + rank, iteration) alone, so `start` resumes it exactly."""
+    paths = find_images(folder)
+    if world > 1 and len(paths) < world:
+        raise UsageError(f"{folder}: fewer images than the {world} processes; each process trains on "
+                         f"its own share of them")
+    if stream or len(paths) * 3 * im_size ** 2 > STREAM_ABOVE_BYTES:
+        reals = load_images(folder, im_size, log=log, paths=paths, limit=keep)
+        data = StreamingData(paths[rank::world], im_size, batch_size, device, seed + rank, start, workers,
+                             channels_last)
+        log(f"data: {len(paths)} images at {im_size}x{im_size} from {folder} (streamed from disk)")
+        return data, reals
+    reals = load_images(folder, im_size, log=log, paths=paths)      # (N, 3, S, S) uint8
+    log(f"data: {len(reals)} images at {im_size}x{im_size} from {folder} (in memory on {device})")
+    return InMemoryData(reals[rank::world], device, channels_last), reals
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+def to_uint8(x):
+    """(B, C, H, W) floats in [-1, 1] -> uint8 (B, C, H, W) on the CPU."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def save_grid(images, path, nrow=8, pad=2):
+    """Save a batch (B, C, H, W) in [-1, 1] (float) or uint8 as one PNG grid of `nrow` columns."""
+    images = images if images.dtype == torch.uint8 else to_uint8(images)
+    B, C, H, W = images.shape
+    ncol = min(nrow, B)
+    rows = math.ceil(B / ncol)
+    grid = torch.full((C, rows * (H + pad) + pad, ncol * (W + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(B):
+        r, c = divmod(i, ncol)
+        grid[:, pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = images[i]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).numpy().squeeze()).save(path)

@@ -1,0 +1,155 @@
+"""What a person sees of a run, and how it stops: the progress line, the loss log, the sample and
+reconstruction grids, Ctrl-C, and a loss that becomes NaN.
+
+A reader of the paper may skip this file. It holds no part of the method, only what a training tool
+needs around it:
+- `Progress`: one line with the iteration, speed, time left and the mean losses since the last line;
+- `LossLog`: losses summed on the device (reading a GPU number makes the host wait, so that happens
+  once per --log_every iterations), the first iteration whose loss was NaN or inf, and log.jsonl;
+- `StopSignal`: Ctrl-C or a cluster's SIGTERM asks the run to stop after the current iteration and
+  save; a second Ctrl-C aborts at once;
+- `save_samples`: the grids of images/ (EMA samples from fixed latents, D's reconstructions).
+It imports the paper's discriminator and images.py, nothing else of ours.
+"""
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from discriminator import crop_quarter, resize_to_128
+from images import save_grid, to_uint8
+
+
+class Diverged(Exception):
+    """A loss became NaN or inf; the message says where the last good checkpoint is."""
+
+
+class Progress:
+    """One line that shows iteration, speed, time left and losses; rewritten in place on a terminal."""
+
+    def __init__(self, total, start):
+        self.total, self.t0, self.it0 = total, time.time(), start
+        self.tty = sys.stdout.isatty()
+
+    def show(self, it, losses):
+        rate = (it - self.it0) / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - it) / rate if rate > 0 else float("inf")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 360000 else "--"
+        line = (f"iter {it}/{self.total}  {rate:.2f} it/s  ETA {eta_s}  "
+                f"D real {losses['d_real']:.3f} fake {losses['d_fake']:.3f} recon {losses['recon']:.3f}  "
+                f"G {losses['g']:.3f}")
+        print(("\r" + line + "\x1b[K") if self.tty else line, end="" if self.tty else "\n", flush=True)
+        return rate
+
+    def close(self):
+        if self.tty:
+            print()
+
+
+class LossLog:
+    """Sums the step's losses on the device; `write` turns the means into a progress line and a row
+    of log.jsonl. Every process records its first NaN/inf iteration (`first_bad`, -1 for none)."""
+
+    def __init__(self, path, total, start, device, checkpoint):
+        self.file = open(path, "a") if path is not None else None
+        self.progress = Progress(total, start) if path is not None else None
+        self.checkpoint = checkpoint
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.totals, self.count = None, 0
+
+    def add(self, losses, it):
+        stacked = torch.stack(list(losses.values()))                 # (4,) still on the device
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(stacked).all(),
+                                     torch.full_like(self.first_bad, it), self.first_bad)
+        self.totals = stacked if self.totals is None else self.totals + stacked
+        self.count += 1
+        self.names = list(losses)
+
+    def check_finite(self):
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise Diverged(f"a loss became NaN or inf at iteration {bad}; training stopped. The last good "
+                           f"checkpoint is {self.checkpoint} (resume with --resume latest, perhaps with a "
+                           f"lower --lr)")
+
+    def write(self, it, row=None):
+        """A row of losses (the means since the last one; reset) or, with `row`, that row as given."""
+        if row is None:
+            means = dict(zip(self.names, (self.totals / self.count).tolist()))   # the one sync per log
+            self.totals, self.count = None, 0
+            if self.file is None:
+                return
+            rate = self.progress.show(it, means)
+            row = {"iter": it, "time": round(time.time() - self.progress.t0, 3), "it_per_s": round(rate, 4),
+                   **means}
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def close(self):
+        if self.file is not None:
+            self.progress.close()
+            self.file.close()
+
+
+class StopSignal:
+    """`with StopSignal(say) as stop:` ... `stop.requested` becomes True at Ctrl-C or SIGTERM. A second
+    Ctrl-C raises KeyboardInterrupt (abort without saving), except under torchrun, where a repeat is
+    the same request (a cluster and torchrun may both send it)."""
+
+    def __init__(self, say, repeat_aborts=True):
+        self.say, self.repeat_aborts, self.requested = say, repeat_aborts, False
+
+    def _on_signal(self, signum, frame):
+        if self.requested and self.repeat_aborts:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving "
+                 f"(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+@torch.no_grad()
+def save_samples(G_ema, D, fixed_z, fixed_noise, show_real, part, out_dir, iteration):
+    """images/NNNNNN_samples.png: samples of the EMA generator (eval mode) from fixed latents and
+    noise, so the grids show training progress. images/NNNNNN_recons.png: each row is one real image
+    at 128x128, D's reconstruction of it (decoder_big), the quarter `part`, decoder_part's
+    reconstruction of that quarter, and decoder_small's reconstruction (§3.2). Draws no random
+    numbers, so looking at a run never changes it."""
+    img, _ = G_ema(fixed_z, noise=fixed_noise)
+    save_grid(img, Path(out_dir) / f"{iteration:06d}_samples.png", nrow=4)
+    if D.decoder_big is None:       # --no_recon: nothing to reconstruct
+        return
+    was_training = D.training
+    D.eval()                        # running statistics: no batch-statistics update, no randomness
+    real_128 = resize_to_128(show_real)
+    _, _, rec = D(show_real, real_128, part=part)
+    D.train(was_training)
+    quarter = resize_to_128(crop_quarter(show_real, part))
+    rows = torch.stack([real_128, rec["big"], quarter, rec["part"], rec["small"]], dim=1)  # (B, 5, C, 128, 128)
+    save_grid(rows.flatten(0, 1).float(), Path(out_dir) / f"{iteration:06d}_recons.png", nrow=5)
+
+
+@torch.no_grad()
+def sample_uint8(G, n, seed, batch_size=16):
+    """n samples of G (in its current mode) as uint8 (n, 3, S, S) on the CPU, for scoring. The latents
+    and noise come from their own generator seeded with `seed`: scoring never moves the run's RNG."""
+    device = next(G.parameters()).device
+    g, out = torch.Generator().manual_seed(seed), []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        z = torch.randn(b, G.nz, generator=g).to(device)
+        noise = {r: [t.to(device) for t in ts] for r, ts in G.draw_noise(b, generator=g).items()}
+        out.append(to_uint8(G(z, noise=noise)[0]))
+    return torch.cat(out)

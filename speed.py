@@ -1,0 +1,186 @@
+"""Speed options: what changes how fast a step runs, never what it computes (up to float rounding).
+
+A reader of the paper may skip this file. Every option here is applied to the networks after they
+are built (`speed_up`) or wraps the training step from outside (`StepContext`), so generator.py,
+discriminator.py and train.py's `train_step` show only the method:
+
+- the upsample fold (`--fast_upsample`): each up-block's nearest upsample x2 followed by a 3x3 conv
+  (Fig. 3) computed as one stride-2 transposed convolution of the small map, derived below;
+- channels_last (`--channels_last`): NHWC memory layout, what cuDNN's fastest convolutions read;
+- mixed precision (`--amp`): bf16 autocast, or fp16 with loss scaling on GPUs without bf16;
+- `torch.compile` (`--compile`): G and D compiled into fused kernels (minutes of compiling first);
+- DDP's local accumulation (`StepContext.local`): see distributed.py.
+
+`SPEED_DEFAULTS` turns an option on by default only on a device where `bench.py --compare` measured
+it faster (figures in the README, "Speed and memory").
+It imports the paper's generator (for its up-blocks), nothing else of ours.
+"""
+
+import argparse
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from generator import UpBlock, UpBlockComp
+
+# None on the command line means the device's default. On the CPU (2 cores, no bf16 units): the fold
+# makes the step about 25% faster at 256x256, ngf 64; bf16 autocast was ~15x slower (emulated);
+# channels_last was slower. On CUDA every option stays off until measured there.
+SPEED_DEFAULTS = {
+    "cpu": {"fast_upsample": True, "channels_last": False, "amp": False, "compile": False},
+    "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
+}
+
+
+def add_speed_arguments(parser):
+    """The four speed flags, shared by train.py and bench.py. None (not given) means the device's default."""
+    speed = parser.add_argument_group("speed (see speed.py; default: on where measured faster on the device)")
+    flag = dict(action=argparse.BooleanOptionalAction, default=None)
+    speed.add_argument("--fast_upsample", **flag, help="each up-block's upsample + 3x3 conv as one "
+                       "stride-2 transposed conv: same function, 2.25x fewer FLOPs (default: on for CPU)")
+    speed.add_argument("--channels_last", **flag, help="NHWC memory layout (default: off)")
+    speed.add_argument("--amp", **flag, help="mixed precision: bf16, or fp16 with loss scaling (default: off)")
+    speed.add_argument("--compile", **flag, help="torch.compile G and D: minutes of compiling first")
+
+
+def resolve_speed_flags(args, device):
+    """Fill each speed flag left at None with the device's default."""
+    for flag, default in SPEED_DEFAULTS[device.type].items():
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, default)
+
+
+# ------------------------------------------------------------------------------------------------
+# The upsample fold
+# ------------------------------------------------------------------------------------------------
+
+def _fold_3x3_to_4x4(w):
+    """The 4 taps of the transposed convolution along the last axis, from the 3 taps of the 3x3 kernel.
+
+    After a nearest x2 upsample u[2i] = u[2i+1] = x[i], the 3-tap window (w0, w1, w2) of output row
+    2m covers u[2m-1], u[2m], u[2m+1] = x[m-1], x[m], x[m]:   y[2m]   = w0 x[m-1] + (w1 + w2) x[m]
+    and of output row 2m+1 covers x[m], x[m], x[m+1]:          y[2m+1] = (w0 + w1) x[m] + w2 x[m+1].
+    A transposed convolution with stride 2 and padding 1 computes y[o] = sum_i x[i] K[o + 1 - 2i], so
+    K[3] = w0, K[1] = w1 + w2 (row 2m) and K[2] = w0 + w1, K[0] = w2 (row 2m+1).
+    (..., 3) -> (..., 4)."""
+    w0, w1, w2 = w.unbind(-1)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=-1)
+
+
+def upsample_conv3x3(x, weight):
+    """conv3x3(nearest_upsample_x2(x)) with padding 1, computed on the small map: the same function
+    with 2.25x fewer multiply-adds and without storing the 4x larger upsampled map for backward.
+
+    After a nearest x2 upsample, the 3x3 window of each output pixel covers only 2x2 distinct pixels
+    of x, with sums of the 3x3 kernel's taps as weights that depend on the output pixel's parity
+    (`_fold_3x3_to_4x4`). That is exactly a transposed convolution of x with stride 2 and a 4x4
+    kernel: one library call, no upsampled map, no copies.
+    x (B, C_in, H, W), weight (C_out, C_in, 3, 3) -> (B, C_out, 2H, 2W)."""
+    k = _fold_3x3_to_4x4(weight)                                       # fold columns: (C_out, C_in, 3, 4)
+    k = _fold_3x3_to_4x4(k.transpose(2, 3)).transpose(2, 3)            # fold rows:    (C_out, C_in, 4, 4)
+    # conv_transpose2d wants its weight as (C_in, C_out, kH, kW)
+    return F.conv_transpose2d(x, k.transpose(0, 1), stride=2, padding=1)   # (B, C_out, 2H, 2W)
+
+
+class UpsampleConv3x3(nn.Conv2d):
+    """A 3x3 conv that expects the map *before* the nearest x2 upsample and applies both at once
+    (`upsample_conv3x3`). Its parameters, spectral norm included, are those of the conv it replaces,
+    under the same names, so checkpoints do not depend on the option."""
+
+    def forward(self, x):
+        return upsample_conv3x3(x, self.weight)
+
+
+def fold_upsample(net):
+    """Replace, in every up-block of `net` (G's, and D's decoders'), the pair `up` (nearest x2) + the
+    first 3x3 conv by one `UpsampleConv3x3` holding that conv's weights. Call before the optimisers
+    are made: the replaced convs' parameters are new tensors (with the same values)."""
+    for block in net.modules():
+        if not isinstance(block, (UpBlock, UpBlockComp)):
+            continue
+        name = "conv" if isinstance(block, UpBlock) else "conv1"
+        old = getattr(block, name)
+        with torch.random.fork_rng(devices=[]):   # building the new conv draws no number of the run's
+            new = spectral_norm(UpsampleConv3x3(old.in_channels, old.out_channels, 3, 1, 1, bias=False))
+        new.load_state_dict(old.state_dict())     # the same weight and power-iteration vectors
+        new.to(old.weight.device).train(old.training)
+        setattr(block, name, new)
+        block.up = nn.Identity()
+    return net
+
+
+# ------------------------------------------------------------------------------------------------
+# Applying the options, and the step's context
+# ------------------------------------------------------------------------------------------------
+
+def speed_up(G, D, args, device):
+    """Apply the speed options to freshly built networks (before the optimisers are made); returns
+    the (possibly compiled) networks to train with. The plain modules stay reachable through
+    distributed.unwrap, and their state_dict keys do not depend on any option."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed shapes every iteration: let cuDNN pick its fastest kernels
+    if args.fast_upsample:
+        fold_upsample(G)
+        fold_upsample(D)                        # D's decoders are made of the same up-blocks
+    if args.channels_last:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    if args.compile:                            # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
+        G, D = torch.compile(G), torch.compile(D)
+    return G, D
+
+
+class StepContext:
+    """How a training step runs, not what it computes: autocast for the forward passes, loss scaling
+    for fp16, and DDP's local gradient accumulation. With every option off (one process, float32) each
+    method is the plain operation: `autocast()` and `local(D)` do nothing, `backward(loss)` is
+    `loss.backward()`, `step(opt)` is `opt.step()`.
+
+    Each optimiser has its own GradScaler under fp16, stepped and updated right after its own backward
+    passes, so the two networks' loss scales never interfere."""
+
+    def __init__(self, device, amp=False, opts=()):
+        self.device_type = device.type
+        self.dtype = None
+        self.scalers = {}
+        if amp:
+            fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+            self.dtype = torch.float16 if fp16 else torch.bfloat16   # bf16 needs no loss scaling
+            if fp16:
+                self.scalers = {id(opt): torch.amp.GradScaler("cuda") for opt in opts}
+        self._names = {id(opt): i for i, opt in enumerate(opts)}
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    @staticmethod
+    def local(net):
+        """Accumulate gradients without averaging them across processes (DDP's no_sync); the next
+        backward outside it averages everything accumulated. Without DDP: nothing."""
+        return net.no_sync() if hasattr(net, "no_sync") else contextlib.nullcontext()
+
+    def backward(self, loss, opt):
+        scaler = self.scalers.get(id(opt))
+        (scaler.scale(loss) if scaler else loss).backward()
+
+    def step(self, opt):
+        scaler = self.scalers.get(id(opt))
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
+    def state_dict(self):
+        """The scalers' states by optimiser position (0: G's, 1: D's), for the checkpoint."""
+        return {self._names[k]: s.state_dict() for k, s in self.scalers.items()}
+
+    def load_state_dict(self, state):
+        for k, s in self.scalers.items():
+            if self._names[k] in (state or {}):
+                s.load_state_dict(state[self._names[k]])
