@@ -62,8 +62,10 @@ def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
     lb, ls, recons = D(real_aug, to_128(real_aug), part=part)
     pred = torch.cat([lb.view(-1), ls.view(-1)])
     loss_real = F.relu(torch.rand_like(pred) * 0.2 + 0.8 - pred).mean()
-    loss_recon = (F.mse_loss(recons["big"], to_128(real_aug)) + F.mse_loss(recons["small"], to_128(real_aug))
-                  + F.mse_loss(recons["part"], to_128(crop_quarter(real_aug, part))))
+    def percept(a, b):                      # the authors' LPIPS, here a per-image mean squared error
+        return (a - b).pow(2).mean(dim=(1, 2, 3))
+    loss_recon = (percept(recons["big"], to_128(real_aug)).sum() + percept(recons["small"], to_128(real_aug)).sum()
+                  + percept(recons["part"], to_128(crop_quarter(real_aug, part))).sum())
     (loss_real + loss_recon).backward()
     pred = torch.cat([t.view(-1) for t in D(fake_big_aug.detach(), fake_128_aug.detach())])
     loss_fake = F.relu(torch.rand_like(pred) * 0.2 + 0.8 + pred).mean()
@@ -104,12 +106,13 @@ def make_step(kind, args, device, seed=0):
     opt_G, opt_D = train.make_optimizers(G, D, args.lr, device)
     ctx = StepContext(device, args.amp, (opt_G, opt_D))
     ema = EMA(G_ema, G, args.ema)
+    distance = train.pixel_distance(args.recon)
     if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
     iterations = itertools.count(1)
 
     def step():
-        losses = train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ctx)
+        losses = train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ctx, distance)
         ema.update(next(iterations))
         return losses
     return step, G, D, G_ema
@@ -194,7 +197,8 @@ def parse_args(argv=None):
     p.add_argument("--only", choices=("ours", "baseline"), default="ours", help=argparse.SUPPRESS)
     p.add_argument("--no_flops", action="store_true", help="skip the FLOP count")
     args = p.parse_args(argv)
-    args.policy, args.recon, args.ema, args.no_recon, args.no_sle = "color,translation", "mse", 0.999, False, False
+    args.policy, args.recon, args.recon_weight, args.ema = "color,translation", "mse", 1.0, 0.999
+    args.no_recon = args.no_sle = False
     return args
 
 

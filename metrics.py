@@ -420,6 +420,22 @@ def inception_features(images_uint8, device, batch_size=50):
 # 3. All scores for one set of samples
 # ------------------------------------------------------------------------------------------------
 
+def lpips_distance(device):
+    """The authors' distance: LPIPS on VGG features (Zhang et al. 2018), one value per image. An
+    optional extra: `pip install lpips`; its VGG weights download once on first use."""
+    try:
+        import lpips
+    except ImportError:
+        raise UsageError("--recon lpips needs the lpips package: pip install lpips (or use --recon mse)")
+    try:
+        net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
+    except Exception as e:   # no network for the VGG weights, most often
+        raise UsageError(f"--recon lpips: could not build LPIPS-VGG ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}); its VGG weights download "
+                         f"once on first use, so run once with a network (or use --recon mse)")
+    return lambda a, b: net(a, b).flatten()                    # (B,)
+
+
 def score(fake_uint8, real_uint8, device="cpu", fid=True):
     """Every score of generated images (N, 3, S, S) uint8 against real ones (M, 3, S, S) uint8.
 

@@ -140,10 +140,16 @@ class StepContext:
     `loss.backward()`, `step(opt)` is `opt.step()`.
 
     Each optimiser has its own GradScaler under fp16, stepped and updated right after its own backward
-    passes, so the two networks' loss scales never interfere."""
+    passes, so the two networks' loss scales never interfere.
 
-    def __init__(self, device, amp=False, opts=()):
+    `processes`: how many processes train together (torchrun; 1 otherwise). DDP *averages* gradients
+    over them, which keeps a per-process mean a mean over the global batch, but turns a per-process
+    *sum* (the reconstruction term) into a sum over batch/processes images. Multiplying a sum by
+    `processes` makes it, after the averaging, the sum over the global batch, as in one process."""
+
+    def __init__(self, device, amp=False, opts=(), processes=1):
         self.device_type = device.type
+        self.processes = processes
         self.dtype = None
         self.scalers = {}
         if amp:

@@ -64,7 +64,9 @@ def parse_args(argv=None):
     add("--ngf", type=int, default=64, help="G's width (multiple of 8); 16-32 for a CPU")
     add("--ndf", type=int, default=64, help="D's width (multiple of 8); 16-32 for a CPU")
     add("--policy", default="color,translation", help="DiffAugment policy ('' for none)")
-    add("--recon", choices=("mse", "l1"), default="mse", help="pixel distance of L_recons")
+    add("--recon", choices=("mse", "l1", "lpips"), default="mse", help="per-image distance of L_recons "
+        "(Eq. 2): pixels, or the authors' LPIPS (pip install lpips; VGG weights download on first use)")
+    add("--recon_weight", type=float, default=1.0, help="weight of L_recons in D's loss (the authors': 1)")
     add("--ema", type=float, default=0.999, help="long-run decay of the EMA generator (ramped up, see ema.py)")
     add("--seed", type=int, default=0, help="seed of every random draw of the run")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
@@ -96,6 +98,8 @@ def check_args(args):
     for flag in ("batch_size", "iter", "nz", "save_every", "sample_every", "log_every", "eval_n"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if not args.recon_weight >= 0:
+        raise UsageError(f"--recon_weight must be at least 0, got {args.recon_weight}")
     if not 0 <= args.ema < 1:
         raise UsageError(f"--ema must be in [0, 1), got {args.ema}")
     ensure_dataset(args.path)      # a folder, or a known dataset name fetched into it; else refused
@@ -142,18 +146,26 @@ def both_logits(logits_big, logits_small):
     return torch.cat([logits_big.flatten(), logits_small.flatten()]).float()
 
 
-def reconstruction_loss(recons, real_aug, part, kind="mse"):
-    """L_recons of Eq. 2, summed over D's decoders (none in the --no_recon ablation: zero).
+def pixel_distance(kind):
+    """One distance per image, (B, C, 128, 128) x2 -> (B,): the mean over channels and pixels of the
+    squared (mse) or absolute (l1) difference."""
+    if kind == "mse":
+        return lambda a, b: (a - b).pow(2).mean(dim=(1, 2, 3))
+    return lambda a, b: (a - b).abs().mean(dim=(1, 2, 3))
+
+
+def reconstruction_loss(recons, real_aug, part, distance):
+    """L_recons of Eq. 2 for each of D's decoders (none in the --no_recon ablation: zero), in the
+    authors' form: one distance per image, summed over the images of the batch, summed over decoders.
+    A sum, not a mean, so the term grows with the batch as theirs does (8x a per-image mean at batch 8).
 
     The targets are what D was shown: the *augmented* real image resized to 128x128 for decoder_big
-    and decoder_small, and its quarter `part` resized to 128x128 for decoder_part. A pixel distance
-    (the authors use LPIPS, which needs downloaded VGG weights: see README, 'Where we differ')."""
-    dist = F.mse_loss if kind == "mse" else F.l1_loss
+    and decoder_small, and its quarter `part` resized to 128x128 for decoder_part."""
     targets = {"big": resize_to_128(real_aug), "small": resize_to_128(real_aug),   # (B, C, 128, 128)
                "part": resize_to_128(crop_quarter(real_aug, part))}                # (B, C, 128, 128)
     loss = torch.zeros((), device=real_aug.device)
     for name, rec in recons.items():
-        loss = loss + dist(rec.float(), targets[name].float())
+        loss = loss + distance(rec.float(), targets[name].float()).sum()          # (B,) -> ()
     return loss
 
 
@@ -161,10 +173,11 @@ def reconstruction_loss(recons, real_aug, part, kind="mse"):
 # 5. One training iteration
 # ------------------------------------------------------------------------------------------------
 
-def train_step(G, D, opt_G, opt_D, real, args, ctx):
-    """One FastGAN iteration. `real` (B, 3, S, S) in [-1, 1]. `ctx` (speed.StepContext) says how the
-    passes run (autocast, loss scaling, DDP); with every option off it does nothing. Returns the losses
-    as 0-d tensors on the device (reading them would make the host wait for the device)."""
+def train_step(G, D, opt_G, opt_D, real, args, ctx, distance):
+    """One FastGAN iteration. `real` (B, 3, S, S) in [-1, 1]; `distance` is L_recons' per-image distance.
+    `ctx` (speed.StepContext) says how the passes run (autocast, loss scaling, DDP); with every option
+    off it does nothing. Returns the losses as 0-d tensors on the device (reading them would make the
+    host wait for the device)."""
     z = torch.randn(real.shape[0], args.nz, device=real.device)                      # (B, nz)
     with ctx.autocast():
         fake_big, fake_128 = G(z)                                  # (B, 3, S, S), (B, 3, 128, 128)
@@ -180,8 +193,9 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx):
         with ctx.autocast():
             logits_big, logits_small, recons = D(real_aug, resize_to_128(real_aug), part=part)
             loss_real = hinge_real(both_logits(logits_big, logits_small))
-            loss_recon = reconstruction_loss(recons, real_aug, part, args.recon)
-        ctx.backward(loss_real + loss_recon, opt_D)
+            # A sum over the images; under torchrun, over the global batch (see StepContext.processes).
+            loss_recon = reconstruction_loss(recons, real_aug, part, distance) * ctx.processes
+        ctx.backward(loss_real + args.recon_weight * loss_recon, opt_D)
     with ctx.autocast():        # G's outputs detached: this pass trains D only
         loss_fake = hinge_fake(both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
     ctx.backward(loss_fake, opt_D)
@@ -231,7 +245,8 @@ def train(args):
     nets = (G, D, G_ema)                           # the plain modules, whose weights checkpoints hold
     G, D = speed_up(G, D, args, device)            # same function, faster (before Adam sees the weights)
     opt_G, opt_D = make_optimizers(G, D, args.lr, device)
-    ctx = StepContext(device, args.amp, (opt_G, opt_D))
+    ctx = StepContext(device, args.amp, (opt_G, opt_D), processes=world)
+    distance = metrics.lpips_distance(device) if args.recon == "lpips" else pixel_distance(args.recon)
     if state is not None:
         opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
         ctx.load_state_dict(state.get("scalers"))
@@ -261,7 +276,7 @@ def train(args):
         with StopSignal(say, repeat_aborts=world == 1) as stop:
             while it < args.iter:
                 real = data.batch(args.batch_size // world)        # (B, 3, S, S) in [-1, 1]
-                losses = train_step(G, D, opt_G, opt_D, real, args, ctx)
+                losses = train_step(G, D, opt_G, opt_D, real, args, ctx, distance)
                 it += 1
                 if ema is not None:
                     ema.update(it)
