@@ -8,7 +8,10 @@ trainer needs around it:
   only, never code that loading would run; anything else is refused in one line;
 - exact resume: the networks, both Adam states, the iteration, the arguments and the state of every
   random generator the run draws from (Python, NumPy, torch's CPU and CUDA generators).
-It imports the paper's generator and `cli.UsageError`, nothing else of ours.
+A class-conditional run (--classes) keeps its class names in the arguments (`args["class_names"]`,
+the sorted subfolder names; None without classes), and a resume on other classes is refused.
+It imports the paper's generator and `cli.UsageError`, nothing else of ours (conditional.py's
+conversion of a generator is handed to `generator_from_checkpoint` by the script that needs it).
 """
 
 import os
@@ -120,14 +123,29 @@ def resume_state(args, run_dir):
         if saved != now:
             raise UsageError(f"{path} was trained with --{k} {saved}, but this run has --{k} {now}; "
                              f"pass --{k} {saved} to resume it")
+    saved, now = state["args"].get("class_names"), getattr(args, "class_names", None)
+    if saved != now:
+        raise UsageError(f"{path} was trained on {_classes(saved)}, but this run has {_classes(now)}; "
+                         f"resume it on the same classes{' (pass --classes)' if saved and not now else ''}")
     return state
 
 
-def generator_from_checkpoint(state, ema=True):
-    """The (EMA by default) generator stored in a checkpoint, built from the checkpoint's own arguments."""
+def _classes(names):
+    return f"the classes {', '.join(names)}" if names else "no classes (without --classes)"
+
+
+def generator_from_checkpoint(state, ema=True, make_conditional=None):
+    """The (EMA by default) generator stored in a checkpoint, built from the checkpoint's own arguments.
+    A class-conditional checkpoint needs `make_conditional`, conditional.make_conditional_generator
+    (sample.py passes it), which turns the built generator into the conditional one before loading."""
     a = state["args"]
     G = Generator(ngf=a["ngf"], nz=a["nz"], im_size=a["im_size"])
     if a.get("no_sle", False):
         G.remove_sle()
+    if a.get("class_names"):
+        if make_conditional is None:
+            raise UsageError(f"this checkpoint is class-conditional (classes {', '.join(a['class_names'])}); "
+                             f"sample it with sample.py --class")
+        make_conditional(G, a["class_names"])
     G.load_state_dict(state["G_ema" if ema else "G"])
     return G

@@ -22,6 +22,9 @@ and the SLEs are 128->16 and 64->8; the small branch and decoders are unchanged.
 
 The decoders are part of D (their parameters train with D's optimiser) but run only when
 reconstructions are asked for, i.e. on real images.
+
+Not in the paper: with `--classes`, conditional.py adds Miyato & Koyama's projection term to both
+logit maps and D takes the classes as `D(img, img_128, y=y)`; without, `projection` is None.
 """
 
 import torch.nn as nn
@@ -118,6 +121,9 @@ class Discriminator(nn.Module):
     three (B, nc, 128, 128) reconstructions: 'big' (the whole image from the 8x8 map), 'part' (quarter k,
     see `crop_quarter`, from the same quarter of the 16x16 map) and 'small' (the 128x128 image from the
     small branch). Ask for them on real images only (§3.2).
+    `D(..., y=y)`: a class-conditional D (conditional.py) judges image i as one of class y[i]; without y
+    it gives the class-free part of its logits (train.py's reconstruction grid reads only `recons`).
+    An unconditional D ignores y.
     """
 
     def __init__(self, ndf=64, nc=3, im_size=1024):
@@ -165,6 +171,7 @@ class Discriminator(nn.Module):
         self.decoder_big = Decoder(d[16], nc)
         self.decoder_part = Decoder(d[32], nc)
         self.decoder_small = Decoder(d[32], nc)
+        self.projection = None           # not in the paper: the class projection, see conditional.py
         init_weights(self)
 
     def remove_sle(self):
@@ -177,7 +184,7 @@ class Discriminator(nn.Module):
         self.decoder_big = self.decoder_part = self.decoder_small = None
         return self
 
-    def forward(self, img, img_128, part=None):
+    def forward(self, img, img_128, part=None, y=None):
         feats = {}
         x = self.stem(img)                                 # (B, d512, 256, 256), or (B, d256, 128, 128) at 128
         feats[x.shape[-1]] = x
@@ -191,6 +198,9 @@ class Discriminator(nn.Module):
 
         feat_small = self.small(img_128)                   # (B, d32, 8, 8)
         logits_small = self.logits_small(feat_small)       # (B, 1, 5, 5)
+        if self.projection is not None and y is not None:  # class-conditional D (conditional.py): + <V[y], phi(x)>
+            logits_big = logits_big + self.projection["big"](feat_8, y)             # + (B, 1, 1, 1)
+            logits_small = logits_small + self.projection["small"](feat_small, y)   # + (B, 1, 1, 1)
         if part is None:
             return logits_big, logits_small
 

@@ -69,7 +69,7 @@ class EMA:
 
 
 @torch.no_grad()
-def recompute_batchnorm_statistics(G, batch_size=8, batches=16, seed=0):
+def recompute_batchnorm_statistics(G, batch_size=8, batches=16, seed=0, classes=0):
     """Set every BatchNorm running mean and variance of G to the average, over `batches` batches of
     `batch_size` of G's own samples, of the batch statistics that training-mode BatchNorm would use.
 
@@ -77,7 +77,8 @@ def recompute_batchnorm_statistics(G, batch_size=8, batches=16, seed=0):
     weights alone, and the run's random numbers are untouched. Only the BatchNorm layers run in
     training mode; everything else (spectral norm's power iteration included) stays in eval mode.
     Cost: `batches` forward passes of G without gradients (16 x 8 images: about 2% of 1000 training
-    iterations). Returns G in eval mode."""
+    iterations). A class-conditional G (`classes` > 0, conditional.py) gets labels drawn uniformly over
+    its classes by the same generator, after each batch's latents and noise. Returns G in eval mode."""
     bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     G.eval()
     for bn in bns:
@@ -89,7 +90,10 @@ def recompute_batchnorm_statistics(G, batch_size=8, batches=16, seed=0):
     for _ in range(batches):
         z = torch.randn(batch_size, G.nz, generator=g).to(device)
         noise = {r: [n.to(device) for n in ns] for r, ns in G.draw_noise(batch_size, generator=g).items()}
-        G(z, noise=noise)
+        if classes:
+            G(z, noise=noise, y=torch.randint(classes, (batch_size,), generator=g).to(device))   # (B,)
+        else:
+            G(z, noise=noise)
     for bn in bns:
         bn.momentum = 0.1             # BatchNorm's default, as built
         bn.eval()

@@ -29,6 +29,9 @@ both outputs at every size: D then never sees fakes outside the range of the rea
 
 Also defined here and reused by discriminator.py: `sn_conv2d`, `init_weights`, `UpBlock`, and the
 channel-width table.
+
+Not in the paper: with `--classes`, conditional.py turns G's BatchNorms into BigGAN's class-conditional
+ones and G takes the classes as `G(z, y=y)`; without, `class_embedding` is None.
 """
 
 import torch
@@ -149,6 +152,7 @@ class Generator(nn.Module):
     `G(z, z_style=w)` mixes styles (§4.2, Fig. 5): the main path (the content) grows from z, while the
     low-resolution maps that feed the SLE gates (4, 8, 16, 32) come from w.
     `G(z, noise=G.draw_noise(B))` fixes the injected noise; by default it is drawn fresh.
+    `G(z, y=y)`: a class-conditional G (conditional.py) makes image i of class y[i]; others ignore y.
     """
 
     def __init__(self, ngf=64, nz=256, nc=3, im_size=1024):
@@ -178,6 +182,7 @@ class Generator(nn.Module):
         # Output heads (tanh applied in forward): a 1x1 conv on the 128x128 map, a 3x3 conv on the last.
         self.to_128 = sn_conv2d(f[128], nc, 1, 1, 0)
         self.to_big = sn_conv2d(f[im_size], nc, 3, 1, 1)
+        self.class_embedding = None      # not in the paper: BigGAN's class embedding, see conditional.py
         init_weights(self)
 
     def remove_sle(self):
@@ -206,9 +211,11 @@ class Generator(nn.Module):
             feats[r] = self._block(r, feats[r // 2], noise)   # (B, f8, 8, 8) ... (B, f32, 32, 32)
         return feats
 
-    def forward(self, z, z_style=None, noise=None):
+    def forward(self, z, z_style=None, noise=None, y=None):
         if noise is None:
             noise = self.draw_noise(z.shape[0], z.device, dtype=z.dtype)
+        if self.class_embedding is not None:   # class-conditional G (conditional.py): every BatchNorm
+            self.class_embedding(y)            # takes its gain and bias from y's class embedding
         feats = self.low_res_path(z, noise)  # content path up to 32x32
         # The gates read the style latent's low-resolution maps; by default, the content's own.
         # The same noise is used on both paths, so G(z, z_style=z) == G(z).

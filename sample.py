@@ -31,6 +31,13 @@ own files, and modes may be combined in one call:
 Other flags: --raw (the trained G instead of its EMA copy), --seed (default 0), --batch_size (16),
 --device auto|cpu|cuda. The image size, the widths and nz always come from the checkpoint.
 
+Classes (a checkpoint trained with --classes, conditional.py):
+    --class cat              every mode above for class cat, written to OUT/cat/ (repeatable: one
+    --class all              folder per class; 'all': every class of the checkpoint). All classes get the
+                             same latents and noise, so OUT/cat/000003.png and OUT/dog/000003.png differ
+                             by their class only; with --grid, OUT/grid.png has one row per class.
+A class-conditional checkpoint needs --class; an unconditional one refuses it.
+
 Randomness. Every mode draws its inputs on the CPU from its own torch.Generator seeded with --seed
 (`draw_inputs`), then moves them to the device: the same --seed gives the same images on the same
 machine, and adding or removing a mode never changes another mode's images. The EMA generator runs in
@@ -57,6 +64,7 @@ from PIL import Image
 
 from checkpoint import generator_from_checkpoint, load_checkpoint
 from cli import UsageError, resolve_device
+from conditional import make_conditional_generator
 from datasets import ensure_dataset
 from discriminator import resize_to_128
 from images import find_images, load_image, save_grid, to_uint8
@@ -80,16 +88,17 @@ def load_generator(ckpt, raw=False, device="cpu", log=print):
     weights average the last ~1000 iterations, which removes most of the jitter of adversarial training.
     Eval mode: BatchNorm normalises with its running statistics, not with the batch's, so each image
     is a function of its own latent and noise only. The network is built from the checkpoint's own
-    arguments (im_size, ngf, nz, no_sle): nothing here can disagree with the weights."""
+    arguments (im_size, ngf, nz, no_sle, class_names): nothing here can disagree with the weights."""
     state = load_checkpoint(ckpt)  # UsageError: missing, unreadable, or not one of ours
     try:
-        G = generator_from_checkpoint(state, ema=not raw)
+        G = generator_from_checkpoint(state, ema=not raw, make_conditional=make_conditional_generator)
     except Exception as e:  # a file with our marker but broken contents
         raise UsageError(f"{ckpt}: the checkpoint's generator cannot be rebuilt "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'})")
     a = state["args"]
     log(f"{ckpt}: iteration {state['iteration']}, {a['im_size']}x{a['im_size']}, ngf {a['ngf']}, "
-        f"nz {a['nz']}, {'trained G (--raw)' if raw else 'EMA generator'}")
+        f"nz {a['nz']}, {'trained G (--raw)' if raw else 'EMA generator'}"
+        + (f", classes {', '.join(a['class_names'])}" if a.get("class_names") else ""))
     return G.to(device).eval().requires_grad_(False)
 
 
@@ -141,19 +150,25 @@ def shared_noise(noise, n):
     return {r: [x[:1].expand(n, *x.shape[1:]) for x in ns] for r, ns in noise.items()}
 
 
+def class_tensor(y, n, device):
+    """Class index y (an int, or None without classes) for n images: (n,) on the device, or None."""
+    return None if y is None else torch.full((n,), y, dtype=torch.long, device=device)
+
+
 @torch.no_grad()
-def generate(G, z, noise, batch_size=16, z_style=None):
+def generate(G, z, noise, batch_size=16, z_style=None, y=None):
     """G's full-resolution images for latents z (N, nz) and noise (batch N), in batches.
 
-    z_style (N, nz), if given, feeds the SLE gates (style mixing). Inputs may live on the CPU: each
-    batch is moved to G's device. Returns float (N, 3, S, S) in [-1, 1] on the CPU."""
+    z_style (N, nz), if given, feeds the SLE gates (style mixing). y: the class of every image (an int)
+    for a class-conditional G, else None. Inputs may live on the CPU: each batch is moved to G's
+    device. Returns float (N, 3, S, S) in [-1, 1] on the CPU."""
     device = next(G.parameters()).device
     out = []
     for s in range(0, z.shape[0], batch_size):
         e = min(s + batch_size, z.shape[0])
         nb = {r: [x.to(device) for x in ns] for r, ns in slice_noise(noise, s, e).items()}
         zs = None if z_style is None else z_style[s:e].to(device)
-        img, _ = G(z[s:e].to(device), z_style=zs, noise=nb)   # (b, 3, S, S); the 128 output unused
+        img, _ = G(z[s:e].to(device), z_style=zs, noise=nb, y=class_tensor(y, e - s, device))   # (b, 3, S, S)
         out.append(img.float().cpu())
     return torch.cat(out)                                      # (N, 3, S, S)
 
@@ -162,10 +177,10 @@ def generate(G, z, noise, batch_size=16, z_style=None):
 # Truncation strip, interpolation, style mixing
 # ------------------------------------------------------------------------------------------------
 
-def truncation_strip(G, n_cols, seed, batch_size=16, psis=STRIP_PSIS):
+def truncation_strip(G, n_cols, seed, batch_size=16, psis=STRIP_PSIS, y=None):
     """One row per psi, one column per seed-sample: (len(psis) * n_cols, 3, S, S) float, row-major.
-    Every row uses the same noise and the same underlying normal draws (`draw_inputs`)."""
-    rows = [generate(G, *draw_inputs(G, n_cols, seed, psi), batch_size) for psi in psis]
+    Every row uses the same noise and the same underlying normal draws (`draw_inputs`); y: the class."""
+    rows = [generate(G, *draw_inputs(G, n_cols, seed, psi), batch_size, y=y) for psi in psis]
     return torch.cat(rows)
 
 
@@ -199,14 +214,15 @@ def interpolation_latents(keys, frames_per_pair):
     return torch.stack(steps + [keys[-1]])
 
 
-def interpolate(G, keys, noise, frames_per_pair, batch_size=16):
-    """Frames of the walk through keys (m, nz), all with the same injected noise (a batch-1 dict), so
-    only the latent changes from frame to frame. Returns (frames float (F, 3, S, S), latents (F, nz))."""
+def interpolate(G, keys, noise, frames_per_pair, batch_size=16, y=None):
+    """Frames of the walk through keys (m, nz), all with the same injected noise (a batch-1 dict) and
+    class y, so only the latent changes from frame to frame. Returns (frames float (F, 3, S, S),
+    latents (F, nz))."""
     zs = interpolation_latents(keys, frames_per_pair)                 # (F, nz)
-    return generate(G, zs, shared_noise(noise, len(zs)), batch_size), zs
+    return generate(G, zs, shared_noise(noise, len(zs)), batch_size, y=y), zs
 
 
-def style_mix_grid(G, z_content, z_style, noise, batch_size=16):
+def style_mix_grid(G, z_content, z_style, noise, batch_size=16, y=None):
     """The style-mixing table of the paper's Fig. 5, as (kc+1) x (ks+1) cells, row-major:
     (kc+1)*(ks+1) images float (3, S, S).
 
@@ -218,13 +234,13 @@ def style_mix_grid(G, z_content, z_style, noise, batch_size=16):
 
     G(z, w): the main path from 4x4 to full size grows from z (shape, layout: the 'content'), while the
     SLE gates (§3.1, Eq. 1) read the 4..32 maps of w and rescale channels at 64..512 (colour, texture:
-    the 'style'). Every cell uses the same injected noise (batch-1 dict `noise`)."""
+    the 'style'). Every cell uses the same injected noise (batch-1 dict `noise`) and the same class y."""
     kc, ks = len(z_content), len(z_style)
-    top = generate(G, z_style, shared_noise(noise, ks), batch_size)             # (ks, 3, S, S)
-    left = generate(G, z_content, shared_noise(noise, kc), batch_size)          # (kc, 3, S, S)
+    top = generate(G, z_style, shared_noise(noise, ks), batch_size, y=y)        # (ks, 3, S, S)
+    left = generate(G, z_content, shared_noise(noise, kc), batch_size, y=y)     # (kc, 3, S, S)
     zc = z_content.repeat_interleave(ks, dim=0)                                 # (kc*ks, nz): z_1 z_1 .. z_2
     zw = z_style.repeat(kc, 1)                                                  # (kc*ks, nz): w_1 w_2 .. w_1
-    inner = generate(G, zc, shared_noise(noise, kc * ks), batch_size, z_style=zw)
+    inner = generate(G, zc, shared_noise(noise, kc * ks), batch_size, z_style=zw, y=y)
     inner = inner.view(kc, ks, *inner.shape[1:])                                # (kc, ks, 3, S, S)
     blank = torch.ones_like(top[:1])                                            # white: 1.0 in [-1, 1]
     rows = [torch.cat([blank, top])] + [torch.cat([left[i:i + 1], inner[i]]) for i in range(kc)]
@@ -286,7 +302,7 @@ def nearest(queries, references, k=1, chunk=2048):
 # Back-tracking (inversion)
 # ------------------------------------------------------------------------------------------------
 
-def invert(G, target, steps=300, lr=0.05, generator=None, log=None, log_every=50):
+def invert(G, target, steps=300, lr=0.05, generator=None, log=None, log_every=50, y=None):
     """Back-tracking (§4.2): find z such that G(z) reproduces `target` (1, 3, S, S) in [-1, 1] on G's
     device, by Adam on z with G frozen. Returns (z (1, nz), recon (1, 3, S, S), losses), where
     losses[0] is the error of the starting latent and losses[-1] that of the returned one.
@@ -300,14 +316,15 @@ def invert(G, target, steps=300, lr=0.05, generator=None, log=None, log_every=50
 
     The noise, then the starting z, are drawn from `generator` (the order of `draw_inputs`); the noise
     then stays fixed and only z moves. z is not kept Gaussian-looking (no prior term): a long run may
-    drift to latents G never saw in training, where its images are less reliable."""
+    drift to latents G never saw in training, where its images are less reliable.
+    y: the class (an int) to back-track within, for a class-conditional G."""
     device = target.device
     noise = {r: [x.to(device) for x in ns] for r, ns in G.draw_noise(1, generator=generator).items()}
     z = torch.randn(1, G.nz, generator=generator).to(device).requires_grad_(True)   # (1, nz)
     target_128 = resize_to_128(target)                                          # (1, 3, 128, 128)
 
     def error(z):
-        img, img_128 = G(z, noise=noise)                                        # (1,3,S,S), (1,3,128,128)
+        img, img_128 = G(z, noise=noise, y=class_tensor(y, 1, device))          # (1,3,S,S), (1,3,128,128)
         return F.mse_loss(img, target) + F.mse_loss(img_128, target_128), img
 
     opt = torch.optim.Adam([z], lr=lr)
@@ -377,6 +394,9 @@ def parse_args(argv=None):
     p.add_argument("--invert", default=None, metavar="IMAGE", help="back-track IMAGE to a latent (§4.2)")
     p.add_argument("--invert_steps", type=int, default=300, help="Adam steps of --invert")
     p.add_argument("--invert_lr", type=float, default=0.05, help="Adam learning rate of --invert")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME",
+                   help="a class of a class-conditional checkpoint (repeatable; 'all': every class): "
+                        "its files go to OUT/NAME/, and --grid adds OUT/grid.png with one row per class")
     return p.parse_args(argv)
 
 
@@ -405,28 +425,65 @@ def load_target(path, im_size, device):
     return (torch.from_numpy(a).float() / 127.5 - 1)[None].to(device)
 
 
+def chosen_classes(G, wanted, ckpt):
+    """[(class index, name)] of the --class flags, in their order ('all': every class of G), or
+    [(None, None)] for an unconditional G without --class. Refuses --class on an unconditional G, a
+    class G does not have (naming those it has), and a class-conditional G without --class."""
+    names = G.class_embedding.names if G.class_embedding is not None else None
+    if not wanted:
+        if names:
+            raise UsageError(f"{ckpt} is class-conditional: pass --class NAME (repeatable) or --class all; "
+                             f"its classes: {', '.join(names)}")
+        return [(None, None)]
+    if not names:
+        raise UsageError(f"--class {wanted[0]}: {ckpt} has no classes (it was trained without --classes); "
+                         f"leave out --class")
+    if "all" in wanted:
+        return list(enumerate(names))
+    for w in wanted:
+        if w not in names:
+            raise UsageError(f"--class {w}: {ckpt} has no such class; its classes: {', '.join(names)}")
+    return [(names.index(w), w) for w in dict.fromkeys(wanted)]     # in the order given, once each
+
+
 def run(args):
     check_args(args)
     device = resolve_device(args.device)
     G = load_generator(args.ckpt, args.raw, device)
-    S, psi, bs = G.im_size, args.truncation, args.batch_size
+    classes = chosen_classes(G, args.classes, args.ckpt)                        # [(None, None)]: no classes
     # Inputs that may be refused are read before anything is written.
+    train_feats = train_paths = target = None
     if args.nearest is not None:
         train_feats, train_paths = load_training_features(args.nearest)
         print(f"nearest: {len(train_paths)} training images from {args.nearest}")
     if args.invert is not None:
-        target = load_target(args.invert, S, device)
+        target = load_target(args.invert, G.im_size, device)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot create the folder ({e.strerror})")
+    rows = []
+    for y, name in classes:     # every mode, once per class (into OUT/NAME/), or once without classes
+        if name is not None:
+            print(f"class {name}:")
+            (out / name).mkdir(exist_ok=True)
+        folder = out if name is None else out / name
+        rows.append(write_modes(G, args, folder, y, train_feats, train_paths, target))
+    if args.grid and classes[0][1] is not None:
+        save_grid(torch.cat(rows), out / "grid.png", nrow=args.n)              # (K * N, 3, S, S) uint8
+        print(f"wrote {out / 'grid.png'}: one row per class ({', '.join(name for _, name in classes)})")
 
+
+def write_modes(G, args, out, y, train_feats, train_paths, target):
+    """Every mode asked for, for class y (an int; None without classes), written to `out`. Returns
+    the N images as uint8 (N, 3, S, S) when --grid or --nearest needed them, else None."""
+    S, psi, bs = G.im_size, args.truncation, args.batch_size
     # ---- the N images: always written ----
     z, noise = draw_inputs(G, args.n, args.seed, psi)                           # (N, nz), noise of batch N
     keep = [] if (args.grid or args.nearest is not None) else None                          # uint8 copies, if needed
     for s in range(0, args.n, bs):
-        batch = to_uint8(generate(G, z[s:s + bs], slice_noise(noise, s, s + bs), bs))   # (b, 3, S, S)
+        batch = to_uint8(generate(G, z[s:s + bs], slice_noise(noise, s, s + bs), bs, y=y))   # (b, 3, S, S)
         for i, img in enumerate(batch):
             save_png(img, out / f"{s + i:06d}.png")
         if keep is not None:
@@ -441,13 +498,13 @@ def run(args):
     # ---- truncation strip: rows PSI = 2.0 ... 0.3, columns the first min(N, 8) seeds ----
     if args.truncation_strip:
         cols = min(args.n, MAX_COLUMNS)
-        save_grid(truncation_strip(G, cols, args.seed, bs), out / "truncation_strip.png", nrow=cols)
+        save_grid(truncation_strip(G, cols, args.seed, bs, y=y), out / "truncation_strip.png", nrow=cols)
         print(f"wrote {out / 'truncation_strip.png'}: rows PSI = {', '.join(map(str, STRIP_PSIS))}")
 
     # ---- interpolation: the walk visits the N latents above (at least 2), the noise of sample 0 ----
     if args.interpolate is not None:
         keys, key_noise = draw_inputs(G, max(2, args.n), args.seed, psi)
-        frames, _ = interpolate(G, keys, slice_noise(key_noise, 0, 1), args.interpolate, bs)
+        frames, _ = interpolate(G, keys, slice_noise(key_noise, 0, 1), args.interpolate, bs, y=y)
         frames = to_uint8(frames)                                               # (F, 3, S, S)
         (out / "interp").mkdir(exist_ok=True)
         for i, f in enumerate(frames):
@@ -459,7 +516,7 @@ def run(args):
     if args.style_mix:
         k = min(args.n, MAX_COLUMNS)
         zz, mix_noise = draw_inputs(G, 2 * k, args.seed, psi)                   # (2k, nz)
-        cells = style_mix_grid(G, zz[:k], zz[k:], slice_noise(mix_noise, 0, 1), bs)
+        cells = style_mix_grid(G, zz[:k], zz[k:], slice_noise(mix_noise, 0, 1), bs, y=y)
         save_grid(cells, out / "style_mix.png", nrow=k + 1)
         print(f"wrote {out / 'style_mix.png'}: rows share the content latent, columns the style latent")
 
@@ -483,13 +540,14 @@ def run(args):
     # ---- back-tracking ----
     if args.invert is not None:
         g = torch.Generator().manual_seed(args.seed)
-        z_inv, recon, losses = invert(G, target, args.invert_steps, args.invert_lr, g, log=print)
+        z_inv, recon, losses = invert(G, target, args.invert_steps, args.invert_lr, g, log=print, y=y)
         save_png(target[0].cpu(), out / "invert_target.png")
         save_png(recon[0].cpu(), out / "invert_recon.png")
         torch.save(z_inv.cpu(), out / "invert_latent.pt")
         print(f"inversion: error {losses[0]:.4f} at the start, {losses[-1]:.4f} after {args.invert_steps} "
               f"steps; wrote invert_target.png, invert_recon.png, invert_latent.pt "
               f"(its noise: draw_inputs(G, 1, {args.seed})[1])")
+    return samples
 
 
 def main(argv=None):

@@ -13,7 +13,8 @@ This file is the method, in the paper's order:
   6. the loop: log, grids, checkpoints.
 The machinery around it is one file away and may be skipped on a first reading: images.py (loading),
 checkpoint.py (atomic saves, exact resume), distributed.py (torchrun), speed.py (options that change
-speed, not results), monitor.py (progress, grids, Ctrl-C, NaN).
+speed, not results), monitor.py (progress, grids, Ctrl-C, NaN); not in the paper, conditional.py
+(BigGAN's classes and orthogonal regularisation: --classes, --ortho).
 
 A run writes OUT/NAME/ (default runs/<data folder name>/): checkpoints/NNNNNN.pt and latest.pt,
 images/NNNNNN_samples.png and _recons.png, log.jsonl, args.json.
@@ -24,6 +25,7 @@ import copy
 import json
 import random
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +35,15 @@ import torch.nn.functional as F
 import metrics
 from checkpoint import checkpoint_state, resume_state, set_rng_state, write_checkpoints
 from cli import OneLineParser, UsageError
+from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
 from datasets import ensure_dataset
 from diffaug import diff_augment
 from discriminator import Discriminator, crop_quarter, resize_to_128
 from distributed import agree, first_of_all, setup_distributed, shutdown, unwrap, wrap_distributed
 from ema import EMA, recompute_batchnorm_statistics
 from generator import SUPPORTED_SIZES, Generator
-from images import training_data
-from monitor import Diverged, LossLog, StopSignal, sample_uint8, save_samples
+from images import class_folders, training_data
+from monitor import Diverged, LossLog, StopSignal, fixed_inputs, sample_uint8, save_samples
 from speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
 
 
@@ -82,6 +85,8 @@ def parse_args(argv=None):
     add("--workers", type=int, default=4, help="decoding processes when streaming")
     add("--no_sle", action="store_true", help="ablation (Table 2): no skip-layer excitation")
     add("--no_recon", action="store_true", help="ablation (Table 2): no decoders, no L_recons")
+    add("--classes", action="store_true", help="class-conditional (BigGAN): each subfolder of --path is a class")
+    add("--ortho", type=float, default=0.0, help="BigGAN's orthogonal regularisation of G (BigGAN: 1e-4; 0: off)")
     add_speed_arguments(p)
     args = p.parse_args(argv)
     args.name = args.name or Path(args.path).resolve().name
@@ -98,18 +103,22 @@ def check_args(args):
     for flag in ("batch_size", "iter", "nz", "save_every", "sample_every", "log_every", "eval_n"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if not args.recon_weight >= 0:
-        raise UsageError(f"--recon_weight must be at least 0, got {args.recon_weight}")
+    for flag in ("recon_weight", "ortho"):
+        if not getattr(args, flag) >= 0:
+            raise UsageError(f"--{flag} must be at least 0, got {getattr(args, flag)}")
     if not 0 <= args.ema < 1:
         raise UsageError(f"--ema must be in [0, 1), got {args.ema}")
     ensure_dataset(args.path)      # a folder, or a known dataset name fetched into it; else refused
+    args.class_names = class_folders(args.path) if args.classes else None    # sorted subfolder names
+    if args.classes and args.eval_every:
+        raise UsageError("--eval_every is not for --classes: score each class with sample.py --class and metrics.py")
 
 
 # ------------------------------------------------------------------------------------------------
 # 3. Networks (Fig. 3, Fig. 4) and Adam (§4)
 # ------------------------------------------------------------------------------------------------
 
-def build_networks(args):
+def build_networks(args, class_names=None):
     """G then D, from the seed. For the ablation (Table 2) the SLEs and/or D's decoders are removed
     *after* each network is built in full, so the layers all variants share start from equal weights."""
     G = Generator(ngf=args.ngf, nz=args.nz, im_size=args.im_size)
@@ -118,6 +127,8 @@ def build_networks(args):
         G.remove_sle(), D.remove_sle()
     if args.no_recon:
         D.remove_decoders()
+    if class_names:        # not in the paper: BigGAN's classes, made the same way (conditional.py)
+        make_conditional_generator(G, class_names), add_projection(D, len(class_names))
     return G, D
 
 
@@ -173,14 +184,14 @@ def reconstruction_loss(recons, real_aug, part, distance):
 # 5. One training iteration
 # ------------------------------------------------------------------------------------------------
 
-def train_step(G, D, opt_G, opt_D, real, args, ctx, distance):
+def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0):
     """One FastGAN iteration. `real` (B, 3, S, S) in [-1, 1]; `distance` is L_recons' per-image distance.
     `ctx` (speed.StepContext) says how the passes run (autocast, loss scaling, DDP); with every option
-    off it does nothing. Returns the losses as 0-d tensors on the device (reading them would make the
-    host wait for the device)."""
+    off it does nothing. Not in the paper (conditional.py): `y` (B,) the reals' classes, the fakes' too
+    (None: no classes); `ortho` G's orthogonal penalty (0: off). Returns the losses as 0-d tensors."""
     z = torch.randn(real.shape[0], args.nz, device=real.device)                      # (B, nz)
     with ctx.autocast():
-        fake_big, fake_128 = G(z)                                  # (B, 3, S, S), (B, 3, 128, 128)
+        fake_big, fake_128 = G(z, y=y)                             # (B, 3, S, S), (B, 3, 128, 128)
     # DiffAugment on every image D sees (§4): the reals, and each of G's two outputs.
     real_aug = diff_augment(real, args.policy)
     fake_big_aug, fake_128_aug = diff_augment(fake_big, args.policy), diff_augment(fake_128, args.policy)
@@ -191,13 +202,13 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance):
     part = int(torch.randint(4, (1,)))                             # the quarter decoder_part rebuilds
     with ctx.local(D):                                             # DDP: average once, after the fakes
         with ctx.autocast():
-            logits_big, logits_small, recons = D(real_aug, resize_to_128(real_aug), part=part)
+            logits_big, logits_small, recons = D(real_aug, resize_to_128(real_aug), part=part, y=y)
             loss_real = hinge_real(both_logits(logits_big, logits_small))
             # A sum over the images; under torchrun, over the global batch (see StepContext.processes).
             loss_recon = reconstruction_loss(recons, real_aug, part, distance) * ctx.processes
         ctx.backward(loss_real + args.recon_weight * loss_recon, opt_D)
     with ctx.autocast():        # G's outputs detached: this pass trains D only
-        loss_fake = hinge_fake(both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
+        loss_fake = hinge_fake(both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach(), y=y)))
     ctx.backward(loss_fake, opt_D)
     ctx.step(opt_D)
 
@@ -206,8 +217,8 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance):
     opt_G.zero_grad(set_to_none=True)
     with ctx.local(D):                                             # D's DDP has nothing to average here
         with ctx.autocast():
-            loss_g = -both_logits(*D(fake_big_aug, fake_128_aug)).mean()
-        ctx.backward(loss_g, opt_G)
+            loss_g = -both_logits(*D(fake_big_aug, fake_128_aug, y=y)).mean()
+        ctx.backward(loss_g + orthogonal_penalty(G, ortho), opt_G)   # BigGAN §3.1; 0 unless --ortho
     ctx.step(opt_G)
     return {"d_real": loss_real.detach(), "d_fake": loss_fake.detach(),
             "recon": loss_recon.detach(), "g": loss_g.detach()}
@@ -233,10 +244,10 @@ def train(args):
     # 2. data: uint8 images on the device (or streamed); each process its own slice under torchrun
     data, reals = training_data(args.path, args.im_size, args.batch_size // world, device, rank, world,
                                 args.seed, start, args.stream, args.workers, args.channels_last,
-                                keep=max(8, args.eval_n), log=say)
+                                keep=max(8, args.eval_n), log=say, classes=args.class_names)
 
     # 3. networks, the EMA generator (samples come from it, in eval mode), Adam
-    G, D = build_networks(args)
+    G, D = build_networks(args, args.class_names)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     if state is not None:
@@ -261,10 +272,9 @@ def train(args):
         f"{f', {world} processes' if world > 1 else ''}; fast_upsample={args.fast_upsample} "
         f"channels_last={args.channels_last} amp={args.amp} compile={args.compile}")
 
-    # Fixed inputs of the sample grids, from their own generator: looking never moves the run's RNG.
-    g = torch.Generator().manual_seed(args.seed)
-    fixed_z = torch.randn(16, args.nz, generator=g).to(device)
-    fixed_noise = {r: [n.to(device) for n in ns] for r, ns in G_ema.draw_noise(16, generator=g).items()}
+    n_classes = len(args.class_names or ())                        # 0: unconditional
+    n_grid, y_grid = grid_labels(args.class_names, device)         # 16 samples, or a row of 4 per class
+    fixed = fixed_inputs(G_ema, n_grid, args.seed, device)         # the grids' latents and noise
     show_real = reals[:8].to(device).float() / 127.5 - 1           # (8, 3, S, S) for the recons grid
     if is_main:
         img_dir.mkdir(parents=True, exist_ok=True)
@@ -275,8 +285,8 @@ def train(args):
     try:
         with StopSignal(say, repeat_aborts=world == 1) as stop:
             while it < args.iter:
-                real = data.batch(args.batch_size // world)        # (B, 3, S, S) in [-1, 1]
-                losses = train_step(G, D, opt_G, opt_D, real, args, ctx, distance)
+                real, y = data.labelled_batch(args.batch_size // world)   # (B, 3, S, S) in [-1, 1], (B,) or None
+                losses = train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y, args.ortho)
                 it += 1
                 if ema is not None:
                     ema.update(it)
@@ -294,9 +304,9 @@ def train(args):
                 if at_log:
                     log.write(it)
                 if is_main and (at_sample or at_eval or at_save):
-                    recompute_batchnorm_statistics(G_ema, args.batch_size, seed=args.seed)   # see ema.py
+                    recompute_batchnorm_statistics(G_ema, args.batch_size, seed=args.seed, classes=n_classes)
                 if is_main and at_sample:
-                    save_samples(G_ema, unwrap(D), fixed_z, fixed_noise, show_real, (it // args.sample_every) % 4,
+                    save_samples(partial(G_ema, y=y_grid), unwrap(D), fixed, show_real, (it // args.sample_every) % 4,
                                  img_dir, it)
                 if is_main and at_eval:
                     fakes = sample_uint8(G_ema, args.eval_n, args.seed + 1)        # (n, 3, S, S) uint8
@@ -309,7 +319,7 @@ def train(args):
                 if agree(stop.requested, world):
                     clean = True
                     if is_main:
-                        recompute_batchnorm_statistics(G_ema, args.batch_size, seed=args.seed)
+                        recompute_batchnorm_statistics(G_ema, args.batch_size, seed=args.seed, classes=n_classes)
                         write_checkpoints(ckpt_dir, checkpoint_state(*nets, opt_G, opt_D, it, args, ctx.state_dict()),
                                           numbered=False)
                         log.close()
