@@ -21,6 +21,9 @@ download on first use). Without it, `score` still gives the SWD and says why FID
     python metrics.py SAMPLES_DIR REAL_DIR [--size 256] [--device auto|cpu|cuda] [--no_fid]
 
 prints one JSON line, e.g. {"n_fake": 100, "n_real": 100, "size": 256, "swd": ..., "fid": ..., ...}.
+A class-conditional model (train.py --classes) is scored one class at a time, against that class's
+images: `sample.py --class all --n 100 --out s` writes s/cat/, s/dog/, ..., then
+`python metrics.py s/cat data/animals/cat`, and so on.
 
 Read top to bottom: 1. SWD (pyramid, patches, slicing), 2. FID and KID, 3. `score`, 4. the CLI.
 """
@@ -28,6 +31,7 @@ Read top to bottom: 1. SWD (pyramid, patches, slicing), 2. FID and KID, 3. `scor
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -428,7 +432,9 @@ def lpips_distance(device):
     except ImportError:
         raise UsageError("--recon lpips needs the lpips package: pip install lpips (or use --recon mse)")
     try:
-        net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
+        with warnings.catch_warnings():   # torchvision's deprecation notes about lpips' own call
+            warnings.simplefilter("ignore")
+            net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
     except Exception as e:   # no network for the VGG weights, most often
         raise UsageError(f"--recon lpips: could not build LPIPS-VGG ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}); its VGG weights download "

@@ -120,14 +120,23 @@ class StopSignal:
             signal.signal(s, h)
 
 
+def fixed_inputs(G, n, seed, device):
+    """(latents (n, nz), noise) for the sample grids, the same at every grid so that the grids show
+    training progress. Drawn from their own generator: looking at a run never moves its RNG."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, G.nz, generator=g).to(device)
+    return z, {r: [t.to(device) for t in ts] for r, ts in G.draw_noise(n, generator=g).items()}
+
+
 @torch.no_grad()
-def save_samples(G_ema, D, fixed_z, fixed_noise, show_real, part, out_dir, iteration):
-    """images/NNNNNN_samples.png: samples of the EMA generator (eval mode) from fixed latents and
-    noise, so the grids show training progress. images/NNNNNN_recons.png: each row is one real image
+def save_samples(G_ema, D, fixed, show_real, part, out_dir, iteration):
+    """images/NNNNNN_samples.png: samples of the EMA generator (eval mode) from the fixed latents and
+    noise of `fixed_inputs`. images/NNNNNN_recons.png: each row is one real image
     at 128x128, D's reconstruction of it (decoder_big), the quarter `part`, decoder_part's
     reconstruction of that quarter, and decoder_small's reconstruction (§3.2). Draws no random
     numbers, so looking at a run never changes it."""
-    img, _ = G_ema(fixed_z, noise=fixed_noise)
+    z, noise = fixed                # from `fixed_inputs`
+    img, _ = G_ema(z, noise=noise)
     save_grid(img, Path(out_dir) / f"{iteration:06d}_samples.png", nrow=4)
     if D.decoder_big is None:       # --no_recon: nothing to reconstruct
         return
