@@ -1,0 +1,27 @@
+"""Tests of bench.py, the timing script: its one JSON line.
+
+    python -m pytest -q test_bench.py
+
+That the step bench.py times computes what the authors' step computes is tested in test_speed.py.
+"""
+
+import json
+
+import pytest
+
+import bench
+from conftest import BENCH_ARGS
+from generator import Generator
+
+
+def test_bench_prints_one_json_line(capsys):
+    """bench.py: one JSON line with the median and spread of seconds per iteration, images/s, peak
+    memory, parameter counts, FLOPs of the step and the machine's matmul FLOP/s."""
+    bench.main(BENCH_ARGS + ["--iters", "2", "--warmup", "1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    r = json.loads(out[-1])
+    assert len(r["all_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+    assert r["images_per_s"] == pytest.approx(2 / r["median_s"])
+    assert r["params_G"] == sum(p.numel() for p in Generator(ngf=8, nz=256, im_size=128).parameters())
+    assert r["peak_memory_gb"] > 0 and r["device"] == "cpu" and r["threads"] >= 1
+    assert r["step_gflop"] > 1 and r["matmul_gflop_per_s"] > r["achieved_gflop_per_s"] > 0

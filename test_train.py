@@ -1,0 +1,193 @@
+"""Tests of train.py as a tool: the loop's output folder, checkpoints, exact resume, refused input,
+a loss that becomes NaN, Ctrl-C, and images streamed from disk.
+
+    python -m pytest -q test_train.py
+
+Most tests run train.py's `main` in this process at the smallest real configuration (TINY, in
+conftest.py: 128x128, widths 8, batch 2); the Ctrl-C test and one refusal run `python train.py` as a
+user does. That the loop actually learns is tested in test_fastgan.py (test_short_training_learns).
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import checkpoint
+import train
+from conftest import TINY, make_images, run_train
+
+HERE = Path(__file__).resolve().parent  # where train.py is: the cwd of `python train.py`
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One 4-iteration run, saved, sampled and evaluated every 2 iterations, shared by several tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_images(root / "data")
+    train.main(["--path", str(data), "--out", str(root / "runs"), "--iter", "4",
+                "--save_every", "2", "--sample_every", "2", "--eval_every", "2", "--eval_n", "4", *TINY])
+    return root, data, root / "runs" / "data"
+
+
+def test_train_writes_checkpoints_images_log_and_args(tiny_run):
+    """OUT/NAME/ holds numbered and latest checkpoints, grids, the loss log and args."""
+    _, _, run = tiny_run
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt", "latest.pt"]
+    assert sorted(p.name for p in (run / "images").iterdir()) == [
+        "000002_recons.png", "000002_samples.png", "000004_recons.png", "000004_samples.png"]
+    with Image.open(run / "images" / "000004_samples.png") as im:
+        assert im.size == (4 * 130 + 2, 4 * 130 + 2)          # 16 samples, 4 per row, 128 px + 2 px gaps
+    with Image.open(run / "images" / "000004_recons.png") as im:
+        assert im.size == (5 * 130 + 2, 4 * 130 + 2)          # 4 real images x (real + 4 reconstructions)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval" in r]
+    rows = [r for r in rows if "eval" not in r]
+    assert [r["iter"] for r in rows] == [1, 2, 3, 4]
+    # --eval_every 2: SWD of 4 EMA samples against the training images, logged beside the losses.
+    assert [r["iter"] for r in evals] == [2, 4]
+    assert all(r["eval"]["swd"] > 0 and set(r["eval"]["swd_per_level"]) == {"128", "64", "32", "16"} for r in evals)
+    for r in rows:
+        assert all(np.isfinite(r[k]) for k in ("d_real", "d_fake", "recon", "g"))
+        assert r["recon"] > 0
+    args = json.loads((run / "args.json").read_text())
+    assert args["im_size"] == 128 and args["ngf"] == 8 and args["iter"] == 4
+
+
+def test_checkpoint_is_complete_and_weights_only(tiny_run):
+    """A checkpoint loads with weights_only=True and holds nets, optimisers, iteration, args and RNGs."""
+    _, _, run = tiny_run
+    st = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert st["format"] == checkpoint.CHECKPOINT_FORMAT and st["iteration"] == 4
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "args", "rng"} <= set(st)
+    assert set(st["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert len(st["opt_G"]["state"]) == len(st["opt_G"]["param_groups"][0]["params"]) > 0
+    two = torch.load(run / "checkpoints" / "000002.pt", weights_only=True)
+    changed = [k for k in st["G"] if st["G"][k].is_floating_point() and not torch.equal(st["G"][k], two["G"][k])]
+    assert changed, "G did not change between iterations 2 and 4"
+    # The EMA generator is a different network from G, but close to it.
+    assert any(not torch.equal(st["G"][k], st["G_ema"][k]) for k in changed)
+
+
+def test_resume_is_bit_exact(tiny_run, capsys):
+    """Resume is exact: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, EMA, Adam).
+    The one-go run also evaluated and sampled; neither may change the run."""
+    root, data, run = tiny_run
+    out = root / "resumed"
+    common = ["--path", str(data), "--out", str(out), "--save_every", "2", "--sample_every", "2", *TINY]
+    assert run_train([*common, "--iter", "2"], capsys)[0] == 0
+    code, stdout, _ = run_train([*common, "--iter", "4", "--resume", "latest"], capsys)
+    assert code == 0 and "resumed from iteration 2" in stdout
+    a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(out / "data" / "checkpoints" / "latest.pt", weights_only=True)
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    for opt in ("opt_G", "opt_D"):
+        for i, s in a[opt]["state"].items():
+            assert torch.equal(s["exp_avg"], b[opt]["state"][i]["exp_avg"])
+
+
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    """A NaN loss stops the run with a message naming its iteration; latest.pt stays the last good one."""
+    data = make_images(tmp_path / "data", n=2)
+    real_step, calls = train.train_step, []
+
+    def step_that_diverges(*a, **k):
+        losses = real_step(*a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            losses["g"] = losses["g"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(train, "train_step", step_that_diverges)
+    code, _, err = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "6",
+                              "--save_every", "2", "--sample_every", "100", *TINY], capsys)
+    assert code == 1
+    assert "iteration 3" in err and "NaN" in err and "Traceback" not in err
+    st = checkpoint.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")
+    assert st["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in st["G"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """Ctrl-C finishes the iteration, writes latest.pt, and exits (code 130) without a traceback."""
+    data = make_images(tmp_path / "data", n=2)
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "train.py", "--path", str(data), "--out", str(out), "--iter", "10000",
+                             "--save_every", "10000", "--sample_every", "10000", *TINY],
+                            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "data" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: saved iteration" in stderr
+    saved = int(stderr.split("interrupted: saved iteration ")[1].split()[0])
+    st = checkpoint.load_checkpoint(out / "data" / "checkpoints" / "latest.pt")
+    assert st["iteration"] == saved >= 1
+
+
+def _train_refusals(tmp_path, tiny_run):
+    root, data, run = tiny_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    (empty / "broken.png").write_bytes(b"\x89PNG this is not really a png")
+    not_ours = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, not_ours)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"definitely not a checkpoint")
+    base = ["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "1", *TINY]
+    ckpt = str(run / "checkpoints" / "latest.pt")
+    return {
+        "missing --path": (["--iter", "1"], "--path"),
+        "no such folder": ([*base[:0], "--path", str(tmp_path / "nope"), "--iter", "1"], "no such folder"),
+        "no readable images": (["--path", str(empty), "--iter", "1", *TINY], ".jpg, .jpeg, .png"),
+        "bad im_size": ([*base, "--im_size", "300"], "--im_size must be one of"),
+        "bad ngf": ([*base, "--ngf", "12"], "--ngf must be a positive multiple of 8"),
+        "bad ndf": ([*base, "--ndf", "0"], "--ndf must be a positive multiple of 8"),
+        "resume latest without one": ([*base, "--resume", "latest"], "there is no"),
+        "resume someone else's file": ([*base, "--resume", str(not_ours)], "not a checkpoint written by"),
+        "resume garbage": ([*base, "--resume", str(garbage)], "not a readable FastGAN checkpoint"),
+        "resume other widths": ([*base, "--ngf", "16", "--resume", ckpt], "pass --ngf 8"),
+        "resume other size": ([*base, "--im_size", "256", "--resume", ckpt], "pass --im_size 128"),
+    }
+
+
+def test_refused_inputs_exit_2_with_one_line(tmp_path, tiny_run, capsys):
+    """Refused input (a missing or empty folder, bad sizes or widths, a checkpoint that cannot be resumed):
+    exit code 2, one readable line on stderr, no traceback, for each case."""
+    for name, (argv, expected) in _train_refusals(tmp_path, tiny_run).items():
+        code, _, err = run_train(argv, capsys)
+        assert code == 2, name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, (name, err)
+
+
+def test_refused_input_in_a_real_process_has_no_traceback(tmp_path):
+    """Refused input as a shell sees it: `python train.py` with a missing folder exits with code 2,
+    one line on stderr and no traceback."""
+    r = subprocess.run([sys.executable, "train.py", "--path", str(tmp_path / "nope")], cwd=HERE,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"train.py: error: {tmp_path / 'nope'}: no such folder (give --path a folder of images"), lines
+
+
+def test_streaming_data_trains(tmp_path, capsys):
+    """--stream decodes from disk each iteration (the path for sets too large for memory)."""
+    data = make_images(tmp_path / "data", n=3)
+    code, out, _ = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "2",
+                              "--stream", "--workers", "0", *TINY], capsys)
+    assert code == 0 and "streamed from disk" in out
+    assert checkpoint.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")["iteration"] == 2
