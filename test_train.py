@@ -77,8 +77,9 @@ def test_checkpoint_is_complete_and_weights_only(tiny_run):
 
 
 def test_resume_is_bit_exact(tiny_run, capsys):
-    """Resume is exact: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, EMA, Adam).
-    The one-go run also evaluated and sampled; neither may change the run."""
+    """Resume is exact: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, Adam, and the
+    EMA generator, whose decay is ramped up by iteration and whose BatchNorm statistics are recomputed
+    at every save). The one-go run also evaluated and sampled; neither may change the run."""
     root, data, run = tiny_run
     out = root / "resumed"
     common = ["--path", str(data), "--out", str(out), "--save_every", "2", "--sample_every", "2", *TINY]
@@ -93,6 +94,12 @@ def test_resume_is_bit_exact(tiny_run, capsys):
     for opt in ("opt_G", "opt_D"):
         for i, s in a[opt]["state"].items():
             assert torch.equal(s["exp_avg"], b[opt]["state"][i]["exp_avg"])
+    # The EMA generator is not G (the ramp-up averages), its statistics are its own (not G's), and the
+    # grid it drew at iteration 4 is the same picture in both runs.
+    assert any(not torch.equal(a["G"][k], a["G_ema"][k]) for k in a["G"] if k.endswith("original"))
+    assert any(not torch.equal(a["G"][k], a["G_ema"][k]) for k in a["G"] if k.endswith("running_mean"))
+    grid = "images/000004_samples.png"
+    assert (run / grid).read_bytes() == (out / "data" / grid).read_bytes()
 
 
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
