@@ -111,8 +111,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=8, help="images per iteration")
     p.add_argument("--seed", type=int, default=0, help="seed of every variant's training, and of the samples")
     p.add_argument("--ema", type=float, default=0.999,
-                   help="EMA decay passed to train.py; for a budget of a few hundred iterations use 0.99 "
-                        "(0.999 keeps about 3/4 of the initial weights after 300 iterations)")
+                   help="long-run EMA decay passed to train.py (ramped up early in a run: see ema.py)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
     p.add_argument("--n_samples", type=int, default=64, help="samples per variant (raw G and EMA G) to score")
     p.add_argument("--no_fid", action="store_true", help="skip FID/KID (they need pytorch-fid)")

@@ -84,10 +84,11 @@ GIF_FRAME_MS = 80
 def load_generator(ckpt, raw=False, device="cpu", log=print):
     """The checkpoint's EMA generator (or with raw=True the trained G), in eval mode, on `device`.
 
-    Samples come from the EMA copy (train.py's `EMA`, decay 0.999, as in the authors' code): its
-    weights average the last ~1000 iterations, which removes most of the jitter of adversarial training.
-    Eval mode: BatchNorm normalises with its running statistics, not with the batch's, so each image
-    is a function of its own latent and noise only. The network is built from the checkpoint's own
+    Samples come from the EMA copy (ema.py: decay --ema, 0.999 by default, ramped up early in a run):
+    its weights average the recent iterations, which removes most of the jitter of adversarial
+    training. Eval mode: BatchNorm normalises with its running statistics, not with the batch's, so
+    each image is a function of its own latent and noise only; for the EMA generator those are its
+    own, recomputed from its samples when train.py wrote the checkpoint. The network is built from the checkpoint's own
     arguments (im_size, ngf, nz, no_sle, class_names): nothing here can disagree with the weights."""
     state = load_checkpoint(ckpt)  # UsageError: missing, unreadable, or not one of ours
     try:
