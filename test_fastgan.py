@@ -446,16 +446,17 @@ def test_short_training_learns(overfit):
 def test_ema_generator_draws_images_as_close_as_the_raw_generator(overfit):
     """What a user looks at is the EMA generator in eval mode (sample.py's default, the training grids).
     After the short run its samples are images, not a flat colour (each sample's standard deviation
-    over its pixels is far above a flat image's 0), and they came as close to the training images as
-    the raw G's, or within 10%: of the nearest-neighbour distance the raw G closed since the start,
-    the EMA generator closed at least 90%. (At this learning rate G still moves fast at the end, and
-    the average lags it by a few iterations: the end distances themselves differ by up to 20% either
-    way from seed to seed.) A flat grey EMA generator, as with a fixed decay of 0.999 and G's own
-    BatchNorm statistics, closes nothing. See ema.py: the ramped-up decay, its own statistics."""
+    over its pixels is far above a flat image's 0), and they came about as close to the training
+    images as the raw G's: of the nearest-neighbour distance the raw G closed since the start, the EMA
+    generator closed at least 80% (measured for seeds 0-2 under four CPU kernel settings: 92% to 115%;
+    at this learning rate G still moves fast at the end and the average lags it by a few iterations,
+    so the end distances themselves differ by up to 20% either way). With a fixed decay of 0.999 and
+    G's own BatchNorm statistics, the EMA generator's samples are a grey wash (std 0.13) and it closes
+    41%. See ema.py: the ramped-up decay, its own statistics."""
     per_image_std = overfit["ema_samples"].flatten(1).std(dim=1)          # (16,)
     assert per_image_std.min() > 0.2, per_image_std
     start, ema, raw = overfit["start"], overfit["ema"], overfit["raw"]
-    assert start - ema >= 0.9 * (start - raw), (start, ema, raw)
+    assert start - ema >= 0.8 * (start - raw), (start, ema, raw)
 
 
 # -- 11. The losses (Eq. 2-4), called directly --
