@@ -4,7 +4,7 @@ A reader of the paper may skip this file. It holds no part of the method, only w
 needs around it: finding the images of a folder, decoding any of Pillow's formats to 8-bit RGB,
 refusing a folder with nothing readable in one line that names it, keeping a few-shot set on the
 training device (in memory) or decoding a large one from disk every iteration (streamed), and
-writing the grids a person looks at. Used by train.py, sample.py, metrics.py and ablation.py.
+writing the grids a person looks at. Used by train.py, sample.py, metrics.py, ablation.py and monitor.py.
 With `--classes` (conditional.py) the subfolders of the training folder are the classes, and every
 image carries the index of its class (`class_folders`, `labelled_batch`).
 It imports nothing of ours but `cli.UsageError`.
