@@ -61,10 +61,10 @@ import torch.nn.functional as F
 import metrics
 import sample
 import train
-from checkpoint import ARCH_KEYS, generator_from_checkpoint, load_checkpoint
-from cli import OneLineParser, UsageError, resolve_device
+from plumbing.checkpoint import ARCH_KEYS, generator_from_checkpoint, load_checkpoint
+from plumbing.cli import OneLineParser, UsageError, resolve_device
 from generator import SUPPORTED_SIZES
-from images import load_images, save_grid, to_uint8
+from plumbing.images import load_images, save_grid, to_uint8
 
 # ------------------------------------------------------------------------------------------------
 # 1. The four variants (Table 2)

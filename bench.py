@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 
 import train
-from cli import OneLineParser, UsageError, resolve_device
+from plumbing.cli import OneLineParser, UsageError, resolve_device
 from diffaug import diff_augment
 from discriminator import crop_quarter
 from ema import EMA
 from generator import SUPPORTED_SIZES
-from speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
+from plumbing.speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
 
 
 def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import UsageError
-from datasets import ensure_dataset
-from images import load_images
+from plumbing.cli import UsageError
+from plumbing.datasets import ensure_dataset
+from plumbing.images import load_images
 
 # ------------------------------------------------------------------------------------------------
 # 1. SWD: sliced Wasserstein distance on Laplacian-pyramid patches (ProGAN §5, Appendix D)

@@ -62,12 +62,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from checkpoint import generator_from_checkpoint, load_checkpoint
-from cli import UsageError, resolve_device
+from plumbing.checkpoint import generator_from_checkpoint, load_checkpoint
+from plumbing.cli import UsageError, resolve_device
 from conditional import make_conditional_generator
-from datasets import ensure_dataset
+from plumbing.datasets import ensure_dataset
 from discriminator import resize_to_128
-from images import find_images, load_image, save_grid, to_uint8
+from plumbing.images import find_images, load_image, save_grid, to_uint8
 
 STRIP_PSIS = (2.0, 1.0, 0.7, 0.5, 0.3)  # rows of truncation_strip.png: from "no truncation" to strong
 MIN_PSI = 0.01       # below this every latent is ~0, and rejection sampling needs ~1/PSI rounds

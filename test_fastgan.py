@@ -32,10 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-import checkpoint
-import speed
+from plumbing import checkpoint
+from plumbing import speed
 import train
-from conftest import NZ, TINY, make_images, run_train
+from tests.helpers import NZ, TINY, make_images, run_train
 from discriminator import Discriminator, crop_quarter
 from generator import SUPPORTED_SIZES, Generator, NoiseInjection
 from sle import SLE
@@ -701,29 +701,31 @@ SCRIPTS = {"train", "sample", "metrics", "bench", "ablation"}
 # The paper's modules and the only files of ours each may import.
 PAPER_MODULES = {"sle": set(), "diffaug": set(), "generator": {"sle"}, "discriminator": {"sle", "generator"},
                  "ema": set(), "conditional": set()}   # conditional.py: BigGAN's method, not FastGAN's
-SHARED_BOTTOM = {"cli", "images"}  # cli.UsageError and images.py's loaders
+MACHINERY = "plumbing"   # the folder of what a trainer needs beyond the paper
 
 
 def _is_test_file(name):
-    return name.startswith("test_") or name == "conftest"
+    return name.split(".")[0] == "tests" or name.startswith("test_") or name == "conftest"
 
 
 def _imports_of(source):
-    """The top-level package of every absolute import in `source`, at module level or inside a
-    function (ast.walk visits every node)."""
+    """Every absolute import in `source`, at module level or inside a function (ast.walk visits every
+    node), as dotted names: `import a.b` gives a.b, `from a import b` gives a and a.b (b may be a
+    module of package a), `from a.b import c` gives a.b and a.b.c."""
     names = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
 def _import_problems(files):
-    """What breaks the layering in `files`, {module name: source} for the top-level .py files, as a
-    list of readable lines (empty: no problem). Test files (test_*.py, conftest.py) are neither
-    modules nor scripts: they may import anything, and nothing is checked in them."""
+    """What breaks the layering in `files`, {dotted module name: source} (`train`, `plumbing.cli`), as a
+    list of readable lines (empty: no problem). Test files (test_*.py, tests/*) are neither modules
+    nor scripts: they may import anything, and nothing is checked in them."""
     modules = {name for name in files if not _is_test_file(name)}
     graph = {name: _imports_of(files[name]) & modules for name in modules}
 
@@ -740,20 +742,29 @@ def _import_problems(files):
     cycles = {tuple(sorted(other for other in reach[name] if name in reach[other]))
               for name in modules if name in reach[name]}
     problems = [f"import cycle among {', '.join(cycle)}" for cycle in sorted(cycles)]
+    machinery = {name for name in modules if name.startswith(MACHINERY + ".")}
     for name in sorted(modules - SCRIPTS):
         ours = graph[name]
-        problems += [f"{name}.py imports the script {script}.py" for script in sorted(ours & SCRIPTS)]
+        problems += [f"{name} imports the script {script}.py" for script in sorted(ours & SCRIPTS)]
         if name in PAPER_MODULES:
             allowed = PAPER_MODULES[name]
             rule = f"may import only {', '.join(sorted(allowed))}" if allowed else "may import nothing of ours"
             what = "the paper's module"
         else:
-            allowed = set(PAPER_MODULES) | SHARED_BOTTOM
-            rule = "may import only the paper's modules, cli and images"
-            what = "a machinery module"
-        problems += [f"{name}.py imports {other}.py, but {name}.py ({what}) {rule}"
+            allowed = set(PAPER_MODULES) | machinery
+            rule = f"may import only the paper's modules and {MACHINERY}/"
+            what = "machinery"
+        problems += [f"{name} imports {other}, but {name} ({what}) {rule}"
                      for other in sorted(ours - allowed - SCRIPTS - {name})]
     return problems
+
+
+def _project_files():
+    """{dotted module name: source} of every .py file of the project: the top level and plumbing/."""
+    root = Path(__file__).resolve().parent
+    files = {p.stem: p.read_text() for p in root.glob("*.py")}
+    files.update({f"{MACHINERY}.{p.stem}": p.read_text() for p in (root / MACHINERY).glob("*.py")})
+    return files
 
 
 def test_modules_import_in_layers():
@@ -764,37 +775,42 @@ def test_modules_import_in_layers():
         sit on top and may import modules and other scripts;
     (c) the paper's modules build on each other only: sle.py and diffaug.py import nothing of ours,
         generator.py only sle, discriminator.py only sle and generator, ema.py nothing of ours;
-    (d) every other module (the machinery: checkpoint, distributed, speed, monitor, datasets, ...)
-        imports only the paper's modules and the two shared bottom layers, cli.py (UsageError, the
-        one-line refusal every tool uses) and images.py (the image loaders and writers)."""
-    files = {p.stem: p.read_text() for p in Path(__file__).resolve().parent.glob("*.py")}
-    assert SCRIPTS | set(PAPER_MODULES) | SHARED_BOTTOM <= set(files), "a file named by the rules is missing"
+    (d) the machinery (plumbing/: checkpoint, distributed, speed, monitor, datasets, ...) imports only
+        the paper's modules and itself."""
+    files = _project_files()
+    named = SCRIPTS | set(PAPER_MODULES) | {f"{MACHINERY}.cli", f"{MACHINERY}.images"}
+    assert named <= set(files), f"a file named by the rules is missing: {sorted(named - set(files))}"
     assert _import_problems(files) == []
+
+
+def test_the_top_level_is_the_paper_and_the_scripts():
+    """The file list is the map: at the top level only the paper's modules, BigGAN's extension, the
+    scripts and test_fastgan.py (at most 14 .py files); the machinery one folder away."""
+    top = {p.stem for p in Path(__file__).resolve().parent.glob("*.py")}
+    assert top <= SCRIPTS | set(PAPER_MODULES) | {"test_fastgan", "conftest"} and len(top) <= 14, sorted(top)
 
 
 def test_import_problems_are_reported():
     """_import_problems reports each kind of problem, including imports inside a function: a cycle
     between two scripts, a machinery module importing a script, a paper module importing machinery,
-    and a machinery module importing machinery other than cli and images."""
+    and a machinery module importing a script through `from plumbing import` of a script name."""
     files = {
         "sle": "import torch\n",
         "generator": "from sle import SLE\n",
-        "diffaug": "import torch\nfrom images import to_uint8\n",
-        "cli": "import argparse\n",
-        "images": "from cli import UsageError\n",
-        "monitor": "from images import save_grid\n\n\ndef stop():\n    from train import main\n",
-        "speed": "import generator\nimport monitor\n",
+        "diffaug": "import torch\nfrom plumbing.images import to_uint8\n",
+        "plumbing.cli": "import argparse\n",
+        "plumbing.images": "from plumbing.cli import UsageError\n",
+        "plumbing.monitor": "from plumbing import images\n\n\ndef stop():\n    from train import main\n",
+        "plumbing.speed": "import generator\nfrom plumbing import monitor\n",
         "train": "import metrics\nimport generator\n",
-        "metrics": "import images\n\n\ndef score():\n    import train\n",
-        "test_train": "import train\nimport monitor\n",
-        "conftest": "import train\n",
+        "metrics": "from plumbing import images\n\n\ndef score():\n    import train\n",
+        "tests.test_train": "import train\nfrom plumbing import monitor\n",
+        "test_fastgan": "import train\n",
     }
     assert _import_problems(files) == [
         "import cycle among metrics, train",
-        "diffaug.py imports images.py, but diffaug.py (the paper's module) may import nothing of ours",
-        "monitor.py imports the script train.py",
-        "speed.py imports monitor.py, but speed.py (a machinery module) may import only the paper's modules, "
-        "cli and images",
+        "diffaug imports plumbing.images, but diffaug (the paper's module) may import nothing of ours",
+        "plumbing.monitor imports the script train.py",
     ]
-    clean = {name: source for name, source in files.items() if name not in ("diffaug", "monitor", "speed", "metrics")}
+    clean = {name: source for name, source in files.items() if name not in ("diffaug", "plumbing.monitor", "metrics")}
     assert _import_problems(clean) == []

@@ -33,18 +33,18 @@ import torch
 import torch.nn.functional as F
 
 import metrics
-from checkpoint import checkpoint_state, resume_state, set_rng_state, write_checkpoints
-from cli import OneLineParser, UsageError
+from plumbing.checkpoint import checkpoint_state, resume_state, set_rng_state, write_checkpoints
+from plumbing.cli import OneLineParser, UsageError
 from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
-from datasets import ensure_dataset
+from plumbing.datasets import ensure_dataset
 from diffaug import diff_augment
 from discriminator import Discriminator, crop_quarter, resize_to_128
-from distributed import agree, first_of_all, setup_distributed, shutdown, unwrap, wrap_distributed
+from plumbing.distributed import agree, first_of_all, setup_distributed, shutdown, unwrap, wrap_distributed
 from ema import EMA, recompute_batchnorm_statistics
 from generator import SUPPORTED_SIZES, Generator
-from images import class_folders, training_data
-from monitor import Diverged, LossLog, StopSignal, fixed_inputs, sample_uint8, save_samples
-from speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
+from plumbing.images import class_folders, training_data
+from plumbing.monitor import Diverged, LossLog, StopSignal, fixed_inputs, sample_uint8, save_samples
+from plumbing.speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 import metrics
 
 
-_METRICS_DIR = Path(__file__).parent          # where metrics.py lives: the subprocess cwd
+_METRICS_DIR = Path(__file__).resolve().parents[1]          # where metrics.py lives: the subprocess cwd
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import UsageError
+from plumbing.cli import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 STREAM_ABOVE_BYTES = 2 * 2 ** 30   # a set larger than this (as uint8) is streamed, not kept in memory

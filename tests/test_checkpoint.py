@@ -10,7 +10,7 @@ a real run.
 import pytest
 import torch
 
-import checkpoint
+from plumbing import checkpoint
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):

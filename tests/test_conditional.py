@@ -26,17 +26,17 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import checkpoint
+from plumbing import checkpoint
 import conditional
 import sample
 import train
-from cli import UsageError
+from plumbing.cli import UsageError
 from ema import recompute_batchnorm_statistics
 from generator import sn_conv2d
-from images import class_folders, training_data
-from speed import StepContext
+from plumbing.images import class_folders, training_data
+from plumbing.speed import StepContext
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 SMALL = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--device", "cpu"]
 

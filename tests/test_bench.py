@@ -10,7 +10,7 @@ import json
 import pytest
 
 import bench
-from conftest import BENCH_ARGS
+from tests.helpers import BENCH_ARGS
 from generator import Generator
 
 

@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 
 import ablation
-import checkpoint
+from plumbing import checkpoint
 import sample
 import train
-from conftest import build_nets, make_images
-from images import to_uint8
+from tests.helpers import build_nets, make_images
+from plumbing.images import to_uint8
 
 
 # -- helpers --

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from cli import UsageError
+from plumbing.cli import UsageError
 
 DEFAULT_BASE_URL = "https://data-efficient-gans.mit.edu/datasets"
 BASE_URL_ENV = "FASTGAN_DATASETS_URL"   # another server (a mirror, or the tests' local one)

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import datasets
-from cli import UsageError
-from datasets import KNOWN_DATASETS, ensure_dataset
+from plumbing import datasets
+from plumbing.cli import UsageError
+from plumbing.datasets import KNOWN_DATASETS, ensure_dataset
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 NAMES = ["img0.png", "img1.png", "img2.png", "img3.png"]
 
 

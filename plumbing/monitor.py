@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from discriminator import crop_quarter, resize_to_128
-from images import save_grid, to_uint8
+from plumbing.images import save_grid, to_uint8
 
 
 class Diverged(Exception):

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from cli import UsageError, resolve_device
+from plumbing.cli import UsageError, resolve_device
 
 
 def setup_distributed(device_name, batch_size):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import UsageError
+from plumbing.cli import UsageError
 from generator import Generator
 
 CHECKPOINT_FORMAT = "fastgan-checkpoint-v1"  # marks a checkpoint as ours

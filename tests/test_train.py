@@ -20,11 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoint
+from plumbing import checkpoint
 import train
-from conftest import TINY, make_images, run_train
+from tests.helpers import TINY, make_images, run_train
 
-HERE = Path(__file__).resolve().parent  # where train.py is: the cwd of `python train.py`
+HERE = Path(__file__).resolve().parents[1]  # where train.py is: the cwd of `python train.py`
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import sample
 import train
 
 
-_DDP_PROJECT = Path(__file__).resolve().parent
+_DDP_PROJECT = Path(__file__).resolve().parents[1]
 _DDP_N_IMAGES = 6                      # rank 0 trains on images 0, 2, 4; rank 1 on 1, 3, 5
 _DDP_ARGV = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "4", "--iter", "3",
              "--device", "cpu", "--log_every", "1", "--save_every", "2", "--sample_every", "2",
@@ -40,7 +40,7 @@ _DDP_OBSERVER = '''
 import os, sys
 import torch
 sys.path.insert(0, {project!r})
-import speed
+from plumbing import speed
 import train
 
 rank = int(os.environ["RANK"])

@@ -7,9 +7,9 @@ with files that do not decode and images of the wrong size or shape.
 import numpy as np
 from PIL import Image
 
-import checkpoint
-from conftest import TINY, make_images, run_train
-from images import load_image
+from plumbing import checkpoint
+from tests.helpers import TINY, make_images, run_train
+from plumbing.images import load_image
 
 
 def test_images_of_every_mode_load_as_rgb(tmp_path):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bench
-from conftest import BENCH_ARGS, NZ
+from tests.helpers import BENCH_ARGS, NZ
 from generator import Generator
 
 
@@ -65,7 +65,7 @@ def test_upsample_conv3x3_equals_upsample_then_conv():
     speed.fold_upsample switches every up-block of G: the same images, and the same state_dict (names
     and values), so checkpoints do not depend on the option; building the folded convs draws no number
     of the run's random generator."""
-    from speed import fold_upsample, upsample_conv3x3
+    from plumbing.speed import fold_upsample, upsample_conv3x3
     torch.manual_seed(0)
     x = torch.randn(2, 5, 7, 9, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -19,13 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-import checkpoint
+from plumbing import checkpoint
 import sample
 import train
-from conftest import build_nets
+from tests.helpers import build_nets
 from discriminator import resize_to_128
 from generator import NoiseInjection
-from images import to_uint8
+from plumbing.images import to_uint8
 
 
 _SAMPLE_NZ = 32
@@ -377,7 +377,7 @@ def test_sample_refuses_a_foreign_checkpoint_from_the_command_line(tmp_path):
     not_ours = tmp_path / "weights.pt"
     torch.save({"G": torch.zeros(3)}, not_ours)
     r = subprocess.run([sys.executable, "sample.py", "--ckpt", str(not_ours), "--out", str(tmp_path / "out")],
-                       cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120)
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sample.py: error: ") and str(not_ours) in lines[0], r.stderr
