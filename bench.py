@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 import train
 from plumbing.cli import OneLineParser, UsageError, resolve_device
+from plumbing.distances import pixel_distance
 from diffaug import diff_augment
 from discriminator import crop_quarter
 from ema import EMA
@@ -106,7 +107,7 @@ def make_step(kind, args, device, seed=0):
     opt_G, opt_D = train.make_optimizers(G, D, args.lr, device)
     ctx = StepContext(device, args.amp, (opt_G, opt_D))
     ema = EMA(G_ema, G, args.ema)
-    distance = train.pixel_distance(args.recon)
+    distance = pixel_distance(args.recon)
     if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
     iterations = itertools.count(1)

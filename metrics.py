@@ -31,7 +31,6 @@ Read top to bottom: 1. SWD (pyramid, patches, slicing), 2. FID and KID, 3. `scor
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -423,24 +422,6 @@ def inception_features(images_uint8, device, batch_size=50):
 # ------------------------------------------------------------------------------------------------
 # 3. All scores for one set of samples
 # ------------------------------------------------------------------------------------------------
-
-def lpips_distance(device):
-    """The authors' distance: LPIPS on VGG features (Zhang et al. 2018), one value per image. An
-    optional extra: `pip install lpips`; its VGG weights download once on first use."""
-    try:
-        import lpips
-    except ImportError:
-        raise UsageError("--recon lpips needs the lpips package: pip install lpips (or use --recon mse)")
-    try:
-        with warnings.catch_warnings():   # torchvision's deprecation notes about lpips' own call
-            warnings.simplefilter("ignore")
-            net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
-    except Exception as e:   # no network for the VGG weights, most often
-        raise UsageError(f"--recon lpips: could not build LPIPS-VGG ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}); its VGG weights download "
-                         f"once on first use, so run once with a network (or use --recon mse)")
-    return lambda a, b: net(a, b).flatten()                    # (B,)
-
 
 def score(fake_uint8, real_uint8, device="cpu", fid=True):
     """Every score of generated images (N, 3, S, S) uint8 against real ones (M, 3, S, S) uint8.

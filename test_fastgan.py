@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from plumbing import checkpoint
+from plumbing import checkpoint, distances
 from plumbing import speed
 import train
 from tests.helpers import NZ, TINY, make_images, run_train
@@ -497,7 +497,7 @@ def test_reconstruction_targets_are_the_augmented_image_and_its_quarter():
     quarter, or the image itself in place of its quarter, costs."""
     torch.manual_seed(0)
     real_aug = torch.rand(2, 3, 256, 256) * 2 - 1
-    mse = train.pixel_distance("mse")
+    mse = distances.pixel_distance("mse")
     for part in range(4):
         recons = _recons_equal_to_targets(real_aug, part)
         assert train.reconstruction_loss(recons, real_aug, part, mse).item() < 1e-10
@@ -516,7 +516,7 @@ def test_reconstruction_term_is_summed_over_the_batch(kind):
     summed over the images of the batch, for each decoder. For a batch of B identical images the term
     is B times the term of one of them, decoder by decoder."""
     torch.manual_seed(0)
-    dist = train.pixel_distance(kind)
+    dist = distances.pixel_distance(kind)
     one_real = torch.rand(1, 3, 256, 256) * 2 - 1
     one_recons = {k: torch.rand(1, 3, 128, 128) * 2 - 1 for k in ("big", "small", "part")}
     for B in (2, 8):
@@ -544,7 +544,7 @@ def _one_step(argv_extra=(), steps=1):
         ctx = speed.StepContext(torch.device("cpu"))
         real = torch.rand(4, 3, 128, 128) * 2 - 1
         for _ in range(steps):
-            losses = train.train_step(G, D, opt_G, opt_D, real, args, ctx, train.pixel_distance(args.recon))
+            losses = train.train_step(G, D, opt_G, opt_D, real, args, ctx, distances.pixel_distance(args.recon))
     return before, dict(D.named_parameters()), losses
 
 
@@ -603,14 +603,13 @@ def test_recon_lpips_distance_per_image(monkeypatch):
     lpips = pytest.importorskip("lpips", reason="the optional lpips package is not installed (pip install lpips)")
     real_lpips = lpips.LPIPS
     monkeypatch.setattr(lpips, "LPIPS", lambda **kw: real_lpips(pnet_rand=True, **kw))
-    import metrics
-    dist = metrics.lpips_distance(torch.device("cpu"))
+    dist = distances.lpips_distance(torch.device("cpu"))
     torch.manual_seed(0)
     a, b = torch.rand(3, 3, 128, 128) * 2 - 1, torch.rand(3, 3, 128, 128) * 2 - 1
     d = dist(a, b)
     assert d.shape == (3,) and (d > 0).all()
     assert dist(a, a).abs().max().item() < 1e-6
-    monkeypatch.setattr(train.metrics, "lpips_distance", lambda device: dist)
+    monkeypatch.setattr(distances, "lpips_distance", lambda device: dist)
     before, after, losses = _one_step(["--recon", "lpips"])
     assert torch.isfinite(losses["recon"]) and losses["recon"] > 0
 

@@ -37,6 +37,7 @@ from plumbing.checkpoint import checkpoint_state, resume_state, set_rng_state, w
 from plumbing.cli import OneLineParser, UsageError
 from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
 from plumbing.datasets import ensure_dataset
+from plumbing.distances import reconstruction_distance
 from diffaug import diff_augment
 from discriminator import Discriminator, crop_quarter, resize_to_128
 from plumbing.distributed import agree, first_of_all, setup_distributed, shutdown, unwrap, wrap_distributed
@@ -157,14 +158,6 @@ def both_logits(logits_big, logits_small):
     return torch.cat([logits_big.flatten(), logits_small.flatten()]).float()
 
 
-def pixel_distance(kind):
-    """One distance per image, (B, C, 128, 128) x2 -> (B,): the mean over channels and pixels of the
-    squared (mse) or absolute (l1) difference."""
-    if kind == "mse":
-        return lambda a, b: (a - b).pow(2).mean(dim=(1, 2, 3))
-    return lambda a, b: (a - b).abs().mean(dim=(1, 2, 3))
-
-
 def reconstruction_loss(recons, real_aug, part, distance):
     """L_recons of Eq. 2 for each of D's decoders (none in the --no_recon ablation: zero), in the
     authors' form: one distance per image, summed over the images of the batch, summed over decoders.
@@ -257,7 +250,7 @@ def train(args):
     G, D = speed_up(G, D, args, device)            # same function, faster (before Adam sees the weights)
     opt_G, opt_D = make_optimizers(G, D, args.lr, device)
     ctx = StepContext(device, args.amp, (opt_G, opt_D), processes=world)
-    distance = metrics.lpips_distance(device) if args.recon == "lpips" else pixel_distance(args.recon)
+    distance = reconstruction_distance(args.recon, device)        # Eq. 2's per-image distance
     if state is not None:
         opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
         ctx.load_state_dict(state.get("scalers"))

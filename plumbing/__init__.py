@@ -1,8 +1,11 @@
-"""The plumbing of a serious trainer: none of it is in the paper, and a first reading may skip it.
+"""The plumbing of a serious trainer: a first reading may skip it. Two small pieces of the method live
+here beside the machinery that applies them, and say so: images.py's random flip of the training
+images (the authors' data augmentation) and distances.py (the distance inside Eq. 2).
 
     cli.py          one-line refusals (UsageError), the shared argument parser, the device choice
     images.py       loading a folder of images, the random flip, writing grids
     datasets.py     the paper's few-shot sets fetched by name into a missing --path folder
+    distances.py    the per-image distances of Eq. 2's reconstruction loss (pixels; the authors' LPIPS)
     checkpoint.py   atomic checkpoint writes and exact resume
     distributed.py  several GPUs with torchrun
     speed.py        options that change speed, not what is learned

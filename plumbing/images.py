@@ -1,7 +1,9 @@
 """Image files in and out: a folder of training images as uint8 tensors, and PNG grids of results.
 
-A reader of the paper may skip this file. It holds no part of the method, only what a training tool
-needs around it: finding the images of a folder, decoding any of Pillow's formats to 8-bit RGB,
+A reader of the paper may skip this file but for one function: `flip_and_normalise`, the random
+left-right flip of every training image, which is the authors' data augmentation (their loader's
+RandomHorizontalFlip; DiffAugment, diffaug.py, comes on top). The rest is what a training tool needs
+around the method: finding the images of a folder, decoding any of Pillow's formats to 8-bit RGB,
 refusing a folder with nothing readable in one line that names it, keeping a few-shot set on the
 training device (in memory) or decoding a large one from disk every iteration (streamed), and
 writing the grids a person looks at. Used by train.py, sample.py, metrics.py, ablation.py and monitor.py.

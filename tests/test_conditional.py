@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from plumbing import checkpoint
+from plumbing import checkpoint, distances
 import conditional
 import sample
 import train
@@ -286,7 +286,7 @@ def test_ortho_changes_only_G_gradients():
         opt_G, opt_D = train.make_optimizers(G, D, 2e-4, torch.device("cpu"))
         real = torch.rand(2, 3, 128, 128) * 2 - 1
         train.train_step(G, D, opt_G, opt_D, real, nets_args(), StepContext(torch.device("cpu")),
-                         train.pixel_distance("mse"), torch.tensor([0, 1]), beta)
+                         distances.pixel_distance("mse"), torch.tensor([0, 1]), beta)
         grads[beta] = ({n: p.grad.clone() for n, p in G.named_parameters()},
                        {n: p.grad.clone() for n, p in D.named_parameters() if p.grad is not None},
                        {n: p.detach().clone() for n, p in D.named_parameters()})
