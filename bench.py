@@ -5,12 +5,14 @@ script times full training iterations -- `train.train_step`, the very step `trai
 copy -- on synthetic data after warm-up, and prints one JSON line.
 
     python bench.py --im_size 256 --batch_size 8 --device cpu
-    python bench.py --im_size 256 --batch_size 8 --device cpu --compare   # ours vs the authors' step
+    python bench.py --im_size 256 --batch_size 8 --device cpu --compare   # ours vs the baseline step
 
-`--compare` times, alternating in one run, our step and `baseline_step`: the step as the authors'
-code writes it (D keeps requires_grad during the G step, float32, contiguous NCHW, no compile, a
-per-parameter EMA loop, the batch already on the device) and prints the ratio of medians. Peak memory
-of each is measured in a separate process, since a process's peak RSS can't be reset.
+`--compare` times, alternating in one run, our step and `baseline_step`, the baseline step: the
+authors' order of operations, without our savings (D keeps requires_grad during the G step, float32,
+contiguous NCHW, no compile, a per-parameter EMA loop, the batch already on the device), run on this
+project's networks, DiffAugment, resize and pixel distance. It is not what the authors' code runs:
+theirs also runs LPIPS-VGG and resizes by nearest neighbour. It prints the ratio of medians. Peak
+memory of each is measured in a separate process, since a process's peak RSS can't be reset.
 
 Memory: CUDA's max allocated on a GPU; the peak resident set size of the process on a CPU.
 FLOPs: `torch.utils.flop_counter` over one step (convolutions and matrix products, forward and
@@ -42,12 +44,14 @@ from plumbing.speed import StepContext, add_speed_arguments, resolve_speed_flags
 
 
 def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
-    """One iteration written as the authors' code writes it, with its losses written out here rather
-    than taken from train.py (so a wrong loss in train.py cannot agree with itself): the same maths
-    and random draws as `train.train_step`, none of its savings (D keeps requires_grad during the G
-    step; a per-parameter EMA loop with a fixed decay). Two of our choices are kept so that the
-    results can be compared bit for bit: targets and D's 128x128 input resized by area averaging
-    (the authors: nearest), and the pixel reconstruction distance (the authors: LPIPS)."""
+    """The baseline step: one iteration in the authors' order of operations, on this project's
+    networks, DiffAugment, resize and pixel distance, with its losses written out here rather than
+    taken from train.py (so a wrong loss in train.py cannot agree with itself): the same maths and
+    random draws as `train.train_step`, none of its savings (D keeps requires_grad during the G step;
+    a per-parameter EMA loop with a fixed decay). Not what the authors' code runs: two of our choices
+    are kept so that the results can be compared bit for bit, targets and D's 128x128 input resized by
+    area averaging (the authors: nearest) and the pixel reconstruction distance (the authors:
+    LPIPS-VGG, which also costs time)."""
     B = real.shape[0]
     z = torch.randn(B, G.nz, device=real.device)
     fake_big, fake_128 = G(z)
@@ -194,7 +198,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_speed_arguments(p)
-    p.add_argument("--compare", action="store_true", help="also time the authors' step, alternating")
+    p.add_argument("--compare", action="store_true", help="also time the baseline step (the authors' order, "
+                   "our networks), alternating")
     p.add_argument("--only", choices=("ours", "baseline"), default="ours", help=argparse.SUPPRESS)
     p.add_argument("--no_flops", action="store_true", help="skip the FLOP count")
     args = p.parse_args(argv)

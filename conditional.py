@@ -22,7 +22,8 @@ from BigGAN: the hinge loss, the EMA generator and the truncation trick. This fi
 2. Orthogonal regularisation (`--ortho BETA`, BigGAN §3.1): a penalty on G's loss that keeps the
    filters of each layer from pointing the same way. BigGAN found that it makes G "amenable to the
    truncation trick" (smooth enough that truncated latents give good images: 60% of its runs against
-   16% without). FastGAN does not use it; `--ortho 1e-4` is BigGAN's choice.
+   16% without). FastGAN does not use it; BigGAN's paper chose beta = 1e-4 (`--ortho 1e-4`, which in
+   BigGAN's released code is a strength of 2e-4: see section 3 below).
 
 Where each piece meets FastGAN's networks:
 - G (generator.py): every nn.BatchNorm2d of G (the 4x4 input block and every up-block, 2*f[r] channels)
@@ -95,7 +96,8 @@ class ClassEmbedding(nn.Module):
     def __init__(self, class_names, layers, dim=EMBED_DIM):
         super().__init__()
         self.names = list(class_names)
-        self.embed = nn.Embedding(len(self.names), dim)        # entries N(0, 1), as BigGAN's
+        self.embed = nn.Embedding(len(self.names), dim)        # entries N(0, 1), torch's default init
+        # (BigGAN's code initialises its shared embedding with its G init, orthogonal by default)
         self.layers = layers     # G's ConditionalBatchNorm2d modules: a plain list (they are registered in G)
 
     def forward(self, y):
@@ -161,6 +163,12 @@ def add_projection(D, n_classes):
 # to be limiting", so it keeps only the off-diagonal part, which pushes filters apart without
 # constraining their norms; it sweeps beta and selects 1e-4. (The paper writes W^T W with the filters
 # as columns; the same matrix.)
+#
+# Which convention: we differentiate the formula above as written, so `--ortho BETA` adds to each
+# weight's gradient  d R / d W = 4 BETA (W W^T * (1 - I)) W.  BigGAN's released code (its `ortho`
+# update) adds  2 strength (W W^T * (1 - I)) W,  the gradient of strength/2 * ||W W^T * (1 - I)||^2:
+# half the formula's. So `--ortho 1e-4` here equals a strength of 2e-4 in BigGAN's code
+# (test_conditional.py pins the gradient).
 #
 # Which weights: "the generator's weights" (§3.1), i.e. every conv, transposed conv and linear weight
 # of G, the linear maps of the conditional BatchNorms included, but not the shared class embedding

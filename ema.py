@@ -12,8 +12,9 @@ whether it is better in practice, and both are handled here:
         half_life(t) = min(half_life(decay), RAMPUP * t),   decay(t) = 0.5 ** (1 / half_life(t)),
    where half_life(decay) = ln 0.5 / ln decay (693 iterations at 0.999). At the first iteration the
    decay is 0.5 ** 20 (the average becomes G), and the share of the initialisation left after t
-   iterations is below 1e-6 for every t. The long-run decay (`--ema`, 0.999 by default) is reached
-   after half_life / RAMPUP iterations (13,863 at 0.999).
+   iterations is below 1e-6 for every t. The long-run decay (`--ema`, 0.999 by default) is in effect
+   from the first iteration t with RAMPUP * t >= half_life on: from iteration 13,857 at 0.999, i.e.
+   after 13,856 iterations (test_fastgan.py computes the figure from `ema_decay`).
 2. BatchNorm statistics. G's BatchNorm layers keep running averages of the statistics of G's own
    feature maps, and eval mode normalises with them. The average of G's weights is a different
    network, whose feature maps have other statistics: averaging G's running statistics gives the

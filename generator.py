@@ -71,9 +71,12 @@ def sn_conv2d(*args, **kwargs):
 
 def init_weights(net):
     """The authors' initialisation, in one place: conv weights ~ N(0, 0.02); BatchNorm gamma ~ N(1, 0.02),
-    beta = 0. Spectral norm keeps a running estimate of each weight's largest singular value (its power-
-    iteration vectors u, v); an estimate made for the old weights would divide the new ones by a wrong
-    number until training refreshes it, so spectral norm is applied anew after the redraw."""
+    beta = 0. Spectral norm estimates each weight's largest singular value sigma with power-iteration
+    vectors u, v; torch's parametrization runs 15 iterations when it is applied, so it is applied anew
+    after the redraw, on the new weights (then one iteration per training forward).
+    Where this differs from the authors' code: their hook-based spectral_norm starts u and v at random
+    and runs one iteration per training forward, so their first forward divides each conv by an estimate
+    about 20% below sigma; ours starts about 2% below (G at 256x256, ngf 64; docs/measurements.md)."""
     for m in list(net.modules()):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             normed = parametrize.is_parametrized(m, "weight")
@@ -116,6 +119,9 @@ class UpBlock(nn.Module):
         self.glu = nn.GLU(dim=1)
 
     def forward(self, x):
+        # On the CPU default (--fast_upsample), plumbing/speed.py's fold_upsample replaces `up` by an
+        # identity and `conv` by one equivalent stride-2 transposed conv of the small map: the same
+        # (B, 2*c_out, 2H, 2W) result, without the upsampled (B, c_in, 2H, 2W) map.
         x = self.up(x)      # (B, c_in, 2H, 2W)
         x = self.conv(x)    # (B, 2*c_out, 2H, 2W)
         x = self.bn(x)      # (B, 2*c_out, 2H, 2W)
@@ -139,6 +145,7 @@ class UpBlockComp(nn.Module):
         self.glu = nn.GLU(dim=1)
 
     def forward(self, x, noise):
+        # up + conv1: one transposed conv on the CPU default (speed.fold_upsample; see UpBlock)
         x = self.conv1(self.up(x))                                    # (B, 2*c_out, 2H, 2W)
         x = self.glu(self.bn1(self.noise1(x, noise[0])))              # (B, c_out, 2H, 2W)
         x = self.glu(self.bn2(self.noise2(self.conv2(x), noise[1])))  # (B, c_out, 2H, 2W)

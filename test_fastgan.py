@@ -619,8 +619,8 @@ def test_recon_lpips_distance_per_image(monkeypatch):
 def test_ema_decay_ramps_up_to_the_long_run_decay():
     """The average's half-life is at most 5% of the iterations so far (StyleGAN2-ADA's ramp-up): at the
     first iteration the decay is 0.5 ** 20, it grows with t, and reaches --ema (0.999: a half-life of
-    693 iterations) after 693 / 0.05 = 13,863 iterations. What is left of the initialisation after t
-    iterations (the product of the decays) is below 1e-6 at every t."""
+    692.8 iterations) at the first t with 0.05 t >= 692.8, the figure ema.py's text gives. What is left
+    of the initialisation after t iterations (the product of the decays) is below 1e-6 at every t."""
     from ema import ema_decay
     assert ema_decay(1, 0.999) == 0.5 ** 20
     decays = [ema_decay(t, 0.999) for t in range(1, 20001)]
@@ -628,6 +628,9 @@ def test_ema_decay_ramps_up_to_the_long_run_decay():
     half_life = math.log(0.5) / math.log(0.999)
     t_full = math.ceil(half_life / 0.05)
     assert decays[t_full - 2] < 0.999 and decays[t_full - 1] == pytest.approx(0.999, abs=1e-12)
+    import ema
+    text = " ".join(ema.__doc__.split())
+    assert f"from iteration {t_full:,} at 0.999, i.e. after {t_full - 1:,} iterations" in text
     assert max(decays) == pytest.approx(0.999, abs=1e-12)
     left = np.cumsum(np.log([d for d in decays]))
     assert np.exp(left).max() < 1e-6

@@ -70,7 +70,8 @@ def parse_args(argv=None):
     add("--policy", default="color,translation", help="DiffAugment policy ('' for none)")
     add("--recon", choices=("mse", "l1", "lpips"), default="mse", help="per-image distance of L_recons "
         "(Eq. 2): pixels, or the authors' LPIPS (pip install lpips; VGG weights download on first use)")
-    add("--recon_weight", type=float, default=1.0, help="weight of L_recons in D's loss (the authors': 1)")
+    add("--recon_weight", type=float, default=1.0, help="weight of L_recons in D's loss; with a pixel "
+        "distance the term is on another scale than the authors' LPIPS at their weight 1")
     add("--ema", type=float, default=0.999, help="long-run decay of the EMA generator (ramped up, see ema.py)")
     add("--seed", type=int, default=0, help="seed of every random draw of the run")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
@@ -87,7 +88,8 @@ def parse_args(argv=None):
     add("--no_sle", action="store_true", help="ablation (Table 2): no skip-layer excitation")
     add("--no_recon", action="store_true", help="ablation (Table 2): no decoders, no L_recons")
     add("--classes", action="store_true", help="class-conditional (BigGAN): each subfolder of --path is a class")
-    add("--ortho", type=float, default=0.0, help="BigGAN's orthogonal regularisation of G (BigGAN: 1e-4; 0: off)")
+    add("--ortho", type=float, default=0.0, help="BigGAN's orthogonal regularisation of G, BETA ||W W^T * (1 - I)||^2 "
+        "as its §3.1 writes it (BigGAN: 1e-4; its released code adds half this gradient, so --ortho B is its 2B); 0: off")
     add_speed_arguments(p)
     args = p.parse_args(argv)
     args.name = args.name or Path(args.path).resolve().name

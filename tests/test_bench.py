@@ -2,7 +2,8 @@
 
     python -m pytest -q test_bench.py
 
-That the step bench.py times computes what the authors' step computes is tested in test_speed.py.
+That the step bench.py times computes what the baseline step (the authors' order of operations, our
+networks) computes is tested in test_speed.py.
 """
 
 import json

@@ -257,6 +257,23 @@ def test_orthogonal_penalty_zero_for_orthogonal_rows_and_grows_with_overlap():
     assert penalty(_with(tconv), 1.0) == pytest.approx(2.0)
 
 
+def test_ortho_gradient_is_the_formulas_twice_biggan_codes():
+    """--ortho BETA differentiates BigGAN §3.1's R = BETA ||W W^T * (1 - I)||^2 as written: the gradient
+    it adds to W is 4 BETA (W W^T * (1 - I)) W. BigGAN's released code adds 2 strength (W W^T * (1 - I)) W
+    (the gradient of strength/2 * ||...||^2), so --ortho BETA is BigGAN's code at strength 2 BETA."""
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 4, bias=False).double()
+    beta = 1e-4
+    conditional.orthogonal_penalty(_with(lin), beta).backward()
+    with torch.no_grad():
+        W = lin.weight
+        off_diagonal = (W @ W.t()) * (1 - torch.eye(4, dtype=W.dtype))    # (4, 4)
+        biggan_code = lambda strength: strength * 2 * off_diagonal @ W     # what its update adds
+    assert off_diagonal.abs().max() > 0.01                                 # the filters overlap
+    torch.testing.assert_close(lin.weight.grad, biggan_code(2 * beta), rtol=1e-12, atol=0)
+    assert not torch.allclose(lin.weight.grad, biggan_code(beta))
+
+
 def test_orthogonal_penalty_reads_the_normalised_weight():
     """With spectral norm the penalty sees W / sigma(W), the weight the layer computes with (as in eval
     mode), so scaling the stored weight changes nothing; reading it runs no power iteration."""
