@@ -373,19 +373,7 @@ OVERFIT_BAR = 0.8      # the EMA generator's distance must fall below 0.8x the u
 _SATURATED = np.array([[255, 0, 0], [0, 0, 255], [255, 255, 0], [0, 255, 0]], np.uint8)
 
 
-def _train_make_saturated_images(folder, n=2, size=64):
-    """n PNGs: a flat saturated background with a centred disc of another saturated colour."""
-    folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n):
-        img = np.empty((size, size, 3), np.uint8)
-        img[:] = _SATURATED[(2 * i) % 4]
-        img[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (size // 4) ** 2] = _SATURATED[(2 * i + 1) % 4]
-        Image.fromarray(img).save(folder / f"img{i}.png")
-    return folder
-
-
-def _train_samples(G, n=16, size=8):
+def _eval_samples(G, n=16, size=8):
     """n samples of G in eval mode (as sample.py draws them) from a fixed seed, at size x size."""
     g = torch.Generator().manual_seed(123)
     z = torch.randn(n, G.nz, generator=g)
@@ -395,7 +383,7 @@ def _train_samples(G, n=16, size=8):
     return F.interpolate(x, size=size, mode="area")
 
 
-def _train_nearest_distance(samples, reals):
+def _nearest_distance(samples, reals):
     """Mean over samples of the mean squared pixel difference to the closest training image."""
     a, b = samples.flatten(1), F.interpolate(reals, size=samples.shape[-1], mode="area").flatten(1)
     return (torch.cdist(a, b) ** 2 / a.shape[1]).min(dim=1).values.mean().item()
@@ -407,7 +395,8 @@ def overfit_run(root, seed=0):
     G ('start'), the EMA generator ('ema') and the raw G ('raw') at the end, and the EMA generator's
     16 samples at full size ('ema_samples')."""
     from ema import recompute_batchnorm_statistics
-    data = _train_make_saturated_images(root / "data")
+    data = make_images(root / "data", n=2, centred=True,      # saturated disc on a saturated background
+                       background=lambda i, rng: _SATURATED[2 * i % 4], disc=lambda i, rng: _SATURATED[(2 * i + 1) % 4])
     train.main(["--path", str(data), "--out", str(root / "runs"), "--iter", str(OVERFIT_ITERS),
                 "--seed", str(seed), *OVERFIT_ARGS])
     rows = [json.loads(line) for line in (root / "runs" / "data" / "log.jsonl").read_text().splitlines()]
@@ -420,9 +409,9 @@ def overfit_run(root, seed=0):
     with torch.no_grad():
         ema_samples = G_ema.eval()(torch.randn(16, NZ, generator=torch.Generator().manual_seed(5)))[0]
     return {"recon": [r["recon"] for r in rows if "recon" in r],
-            "start": _train_nearest_distance(_train_samples(G_start), reals),
-            "ema": _train_nearest_distance(_train_samples(G_ema), reals),
-            "raw": _train_nearest_distance(_train_samples(G_raw), reals),
+            "start": _nearest_distance(_eval_samples(G_start), reals),
+            "ema": _nearest_distance(_eval_samples(G_ema), reals),
+            "raw": _nearest_distance(_eval_samples(G_raw), reals),
             "ema_samples": ema_samples}
 
 

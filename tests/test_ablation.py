@@ -1,16 +1,14 @@
 """Tests of ablation.py: the paper's Table 2, FastGAN's two ideas (SLE, §3.1; D's decoders, §3.2)
 each removed in turn.
 
-    python -m pytest -q test_ablation.py
+    python -m pytest -q tests/test_ablation.py
 
 The variants must differ only in what the paper ablates: the parameters removed, the layers they
 share starting equal, and the same random draws at every iteration. Most tests read one tiny
-ablation run (`_ablation_run`: 4 variants x 2 iterations), watched from inside by spies on
+ablation run (`ablation_run`: 4 variants x 2 iterations), watched from inside by spies on
 train.build_networks and train.train_step.
 """
 
-import contextlib
-import io
 import itertools
 import json
 import shutil
@@ -25,47 +23,25 @@ import ablation
 from plumbing import checkpoint
 import sample
 import train
-from tests.helpers import build_nets, make_images
+from tests.helpers import build_nets, make_images, run_train, torch_threads
 from plumbing.images import to_uint8
 
 
 # -- helpers --
 
-_ABLATION_VARIANTS = ("baseline", "sle", "recon", "both")
-_ABLATION_FLAGS = {"baseline": (True, True), "sle": (False, True), "recon": (True, False), "both": (False, False)}
+VARIANTS = ("baseline", "sle", "recon", "both")
+FLAGS = {"baseline": (True, True), "sle": (False, True), "recon": (True, False), "both": (False, False)}
 # (no_sle, no_recon) of each variant, as train.py's flags
-_ABLATION_TINY = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "2", "--device", "cpu",
+ABLATION_TINY = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "2", "--device", "cpu",
                   "--n_samples", "3", "--log_every", "1", "--no_fid"]
-_ABLATION_CELL = 128 + 2  # one sample in a save_grid picture, with its 2-pixel gap
+CELL = 128 + 2  # one sample in a save_grid picture, with its 2-pixel gap
 
 
-@contextlib.contextmanager
-def _ablation_one_thread():
-    """Tiny networks on one thread: two threads on a busy 2-core machine spin-wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _ablation_main(argv):
-    """ablation.main in this process: (exit code, stdout, stderr)."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _ablation_one_thread():
-        try:
-            ablation.main(argv)
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def _ablation_n_params(net):
+def n_params(net):
     return sum(p.numel() for p in net.parameters())
 
 
-def _ablation_assert_shared_equal(a, b, what):
+def assert_shared_equal(a, b, what):
     """Two variants' state dicts (parameters and buffers): the names only one of them has are SLE or
     decoder weights, and every name both have holds an equal tensor."""
     only_one = set(a) ^ set(b)
@@ -76,41 +52,41 @@ def _ablation_assert_shared_equal(a, b, what):
     assert not unequal, f"{what}: shared layers start different: {unequal[:5]}"
 
 
-def _ablation_table_rows(table_md):
+def table_rows(table_md):
     """The data rows of table.md as lists of cells."""
     rows = [line for line in table_md.splitlines() if line.startswith("| ")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in rows[1:]]   # rows[0]: the header
 
 
 @pytest.fixture
-def _ablation_1thread():
-    with _ablation_one_thread():
+def one_thread():
+    with torch_threads(1):
         yield
 
 
 @pytest.fixture(scope="module")
-def _ablation_big_nets():
+def big_nets():
     """Three variants at 256x256 with the paper's widths (ngf = ndf = 64), each built by
     train.build_networks right after torch.manual_seed(0), as train.py does: full FastGAN ("both"),
     --no_sle ("recon") and --no_recon ("sle")."""
     nets = {}
-    with torch.random.fork_rng(devices=[]), _ablation_one_thread():
+    with torch.random.fork_rng(devices=[]), torch_threads(1):
         for v in ("both", "recon", "sle"):
-            no_sle, no_recon = _ABLATION_FLAGS[v]
+            no_sle, no_recon = FLAGS[v]
             torch.manual_seed(0)
             nets[v] = build_nets(256, 64, 64, no_sle=no_sle, no_recon=no_recon)
     return nets
 
 
 @pytest.fixture(scope="module")
-def _ablation_run(tmp_path_factory):
+def ablation_run(tmp_path_factory):
     """One tiny ablation (4 variants x 2 iterations), shared by several tests. While it runs, spies
     record what each variant's train.py run actually did: its networks right after
     train.build_networks, and at every train_step the random state on entry and on exit, and the
     real batch it was given."""
     root = tmp_path_factory.mktemp("ablation")
     data = make_images(root / "data", n=3)
-    argv = ["--path", str(data), "--out", str(root / "runs"), "--iter", "2", *_ABLATION_TINY]
+    argv = ["--path", str(data), "--out", str(root / "runs"), "--iter", "2", *ABLATION_TINY]
     built, steps = {}, {}
     build, step = train.build_networks, train.train_step
 
@@ -128,43 +104,43 @@ def _ablation_run(tmp_path_factory):
         steps.setdefault((args.no_sle, args.no_recon), []).append((entry, real.clone(), torch.get_rng_state().clone()))
         return losses
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, torch_threads(1):
         mp.setattr(train, "build_networks", build_spy)
         mp.setattr(train, "train_step", step_spy)
-        code, out, err = _ablation_main(argv)
+        code, out, err = run_train(argv, main=ablation.main)
     assert code == 0, err
     return {"root": root, "data": data, "argv": argv, "dir": root / "runs" / "ablation-data", "out": out,
-            "built": {v: built.get(_ABLATION_FLAGS[v]) for v in _ABLATION_VARIANTS},
-            "steps": {v: steps.get(_ABLATION_FLAGS[v], []) for v in _ABLATION_VARIANTS}}
+            "built": {v: built.get(FLAGS[v]) for v in VARIANTS},
+            "steps": {v: steps.get(FLAGS[v], []) for v in VARIANTS}}
 
 
 # -- tests --
 
-def test_ablation_parameter_differences_at_256(_ablation_big_nets):
+def test_parameter_differences_at_256(big_nets):
     """At 256x256, ngf = ndf = 64, --no_sle removes 2,774,016 parameters from G
     (its three SLE modules, §3.1) and 1,032,192 from D (its three, Fig. 4); --no_recon removes D's
     decoders, 3,139,488 (§3.2), and leaves G alone."""
-    n = {v: tuple(map(_ablation_n_params, nets)) for v, nets in _ablation_big_nets.items()}
+    n = {v: tuple(map(n_params, nets)) for v, nets in big_nets.items()}
     assert n["both"][0] - n["recon"][0] == 2_774_016           # --no_sle, G
     assert n["both"][1] - n["recon"][1] == 1_032_192           # --no_sle, D
     assert n["both"][1] - n["sle"][1] == 3_139_488             # --no_recon, D
     assert n["both"][0] == n["sle"][0]                         # --no_recon leaves G as it is
 
 
-def test_ablation_shared_layers_start_equal(_ablation_big_nets, _ablation_run, _ablation_1thread):
+def test_shared_layers_start_equal(big_nets, ablation_run, one_thread):
     """From one seed, every layer two variants share starts with the same weights and buffers: for
     networks built by train.build_networks after torch.manual_seed(0) (256x256, widths 64), and for
     the networks the four train.py runs of the tiny ablation actually built."""
-    for source, nets in (("build_networks", _ablation_big_nets), ("train.py runs", _ablation_run["built"])):
+    for source, nets in (("build_networks", big_nets), ("train.py runs", ablation_run["built"])):
         for a, b in itertools.combinations(list(nets), 2):
             for i, net in enumerate("GD"):
                 sd_a, sd_b = nets[a][i], nets[b][i]
                 sd_a = sd_a if isinstance(sd_a, dict) else sd_a.state_dict()
                 sd_b = sd_b if isinstance(sd_b, dict) else sd_b.state_dict()
-                _ablation_assert_shared_equal(sd_a, sd_b, f"{source}: {net} of {a} vs {b}")
+                assert_shared_equal(sd_a, sd_b, f"{source}: {net} of {a} vs {b}")
 
 
-def _ablation_same_draws(steps_a, steps_b, n_steps=None):
+def same_draws(steps_a, steps_b, n_steps=None):
     """Do two runs enter their steps in the same random state, with the same batch, and leave them
     in the same random state? (Same entry state and same code: same latents, noise, augmentation.)"""
     for (ea, ra, xa), (eb, rb, xb) in list(zip(steps_a, steps_b))[:n_steps]:
@@ -173,133 +149,133 @@ def _ablation_same_draws(steps_a, steps_b, n_steps=None):
     return len(steps_a) == len(steps_b)
 
 
-def test_ablation_variants_draw_the_same_inputs(_ablation_run):
+def test_variants_draw_the_same_inputs(ablation_run):
     """Same seed, same data: all four variants get the same first batch and enter their first step in
     the same random state (so the same latents, injected noise and DiffAugment draws). Variants with
     the same decoder setting (baseline/sle, recon/both) stay in step at every iteration."""
-    steps = _ablation_run["steps"]
+    steps = ablation_run["steps"]
     assert all(len(s) == 2 for s in steps.values())
-    first = {v: steps[v][0] for v in _ABLATION_VARIANTS}
-    for v in _ABLATION_VARIANTS[1:]:
+    first = {v: steps[v][0] for v in VARIANTS}
+    for v in VARIANTS[1:]:
         assert torch.equal(first[v][0], first["baseline"][0]), v   # random state entering step 1
         assert torch.equal(first[v][1], first["baseline"][1]), v   # the first real batch
-    assert _ablation_same_draws(steps["baseline"], steps["sle"])
-    assert _ablation_same_draws(steps["recon"], steps["both"])
+    assert same_draws(steps["baseline"], steps["sle"])
+    assert same_draws(steps["recon"], steps["both"])
 
 
-def test_ablation_all_variants_draw_the_same_inputs_every_step(_ablation_run):
+def test_all_variants_draw_the_same_inputs_every_step(ablation_run):
     """All four variants draw the same random numbers at every iteration: they differ only in what
     the paper ablates."""
-    steps = _ablation_run["steps"]
-    for v in _ABLATION_VARIANTS[1:]:
-        assert _ablation_same_draws(steps["baseline"], steps[v]), v
+    steps = ablation_run["steps"]
+    for v in VARIANTS[1:]:
+        assert same_draws(steps["baseline"], steps[v]), v
 
 
-def test_ablation_writes_table_samples_and_results(_ablation_run, _ablation_1thread):
+def test_writes_table_samples_and_results(ablation_run, one_thread):
     """table.md has the four variants with parameter counts equal to
     train.build_networks'; samples.png holds one row per variant, each the EMA generator of that
     variant on the same latents; results.json has every number; progress lines were printed."""
-    run = _ablation_run
-    rows = _ablation_table_rows((run["dir"] / "table.md").read_text())
-    assert [r[0] for r in rows] == list(_ABLATION_VARIANTS)
+    run = ablation_run
+    rows = table_rows((run["dir"] / "table.md").read_text())
+    assert [r[0] for r in rows] == list(VARIANTS)
     for r in rows:
-        no_sle, no_recon = _ABLATION_FLAGS[r[0]]
+        no_sle, no_recon = FLAGS[r[0]]
         assert r[1:3] == ["no" if no_sle else "yes", "no" if no_recon else "yes"]
         with torch.random.fork_rng(devices=[]):
             G, D = build_nets(128, 8, 8, no_sle=no_sle, no_recon=no_recon)
-        assert (int(r[3].replace(",", "")), int(r[4].replace(",", ""))) == (_ablation_n_params(G), _ablation_n_params(D))
+        assert (int(r[3].replace(",", "")), int(r[4].replace(",", ""))) == (n_params(G), n_params(D))
         assert float(r[5]) > 0 and float(r[6]) >= 0 and float(r[7]) >= 0      # s/it, SWD raw, SWD EMA
         assert r[8] == r[9] == "n/a"                                            # --no_fid
     assert "--iter 2" in (run["dir"] / "table.md").read_text()
 
     grid = np.asarray(Image.open(run["dir"] / "samples.png").convert("RGB"))
-    assert grid.shape == (4 * _ABLATION_CELL + 2, 3 * _ABLATION_CELL + 2, 3)     # 4 rows of n_samples = 3
-    for row, v in enumerate(_ABLATION_VARIANTS):
+    assert grid.shape == (4 * CELL + 2, 3 * CELL + 2, 3)     # 4 rows of n_samples = 3
+    for row, v in enumerate(VARIANTS):
         G = sample.load_generator(run["dir"] / v / "checkpoints" / "latest.pt", log=lambda m: None)
         expected = to_uint8(sample.generate(G, *sample.draw_inputs(G, 3, 0)))   # (3, 3, 128, 128)
         for col in range(3):
-            y, x = 2 + row * _ABLATION_CELL, 2 + col * _ABLATION_CELL
+            y, x = 2 + row * CELL, 2 + col * CELL
             assert np.array_equal(grid[y:y + 128, x:x + 128], expected[col].permute(1, 2, 0).numpy()), (v, col)
 
     res = json.loads((run["dir"] / "results.json").read_text())
-    assert res["iterations"] == 2 and res["samples_png_rows"] == list(_ABLATION_VARIANTS)
-    for r, v in zip(res["variants"], _ABLATION_VARIANTS):
+    assert res["iterations"] == 2 and res["samples_png_rows"] == list(VARIANTS)
+    for r, v in zip(res["variants"], VARIANTS):
         assert r["variant"] == v and r["iteration"] == 2 and r["s_per_it"] > 0
         assert np.isfinite(r["scores"]["raw"]["swd"]) and np.isfinite(r["scores"]["ema"]["swd"])
-    for k, v in enumerate(_ABLATION_VARIANTS, 1):
+    for k, v in enumerate(VARIANTS, 1):
         assert f"[{k}/4] {v}" in run["out"] and f"ablation-data/{v}/checkpoints" in run["out"]
     assert run["out"].count("training from scratch") == 4 and run["out"].count("done: 2 iterations") == 4
 
 
-def test_ablation_checkpoints_sample_in_sample_py(_ablation_run, tmp_path, _ablation_1thread):
+def test_checkpoints_sample_in_sample_py(ablation_run, tmp_path, one_thread):
     """Each variant is an ordinary train.py run: its checkpoint is at iteration 2, has the variant's
     flags, and sample.py draws images from it."""
-    for v in _ABLATION_VARIANTS:
-        ckpt = _ablation_run["dir"] / v / "checkpoints" / "latest.pt"
+    for v in VARIANTS:
+        ckpt = ablation_run["dir"] / v / "checkpoints" / "latest.pt"
         state = checkpoint.load_checkpoint(ckpt)
         assert state["iteration"] == 2
-        assert (state["args"]["no_sle"], state["args"]["no_recon"]) == _ABLATION_FLAGS[v]
+        assert (state["args"]["no_sle"], state["args"]["no_recon"]) == FLAGS[v]
         out = tmp_path / v
-        with contextlib.redirect_stdout(io.StringIO()):
-            sample.main(["--ckpt", str(ckpt), "--n", "2", "--out", str(out), "--device", "cpu"])
+        code, _, err = run_train(["--ckpt", str(ckpt), "--n", "2", "--out", str(out), "--device", "cpu"], main=sample.main)
+        assert code == 0, err
         assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]
 
 
-def test_ablation_resumes_where_it_stopped(_ablation_run, tmp_path, _ablation_1thread):
+def test_resumes_where_it_stopped(ablation_run, tmp_path, one_thread):
     """Resume: the same command again trains nothing (checkpoints untouched, each
     variant 'skipped'); with a larger --iter the variants continue from their latest.pt, and a
     variant whose folder is gone starts from scratch."""
     runs = tmp_path / "runs"
-    shutil.copytree(_ablation_run["root"] / "runs", runs)
-    argv = [*_ablation_run["argv"]]
+    shutil.copytree(ablation_run["root"] / "runs", runs)
+    argv = [*ablation_run["argv"]]
     argv[argv.index("--out") + 1] = str(runs)
     root = runs / "ablation-data"
     mtimes = {p: p.stat().st_mtime_ns for p in root.glob("*/checkpoints/*.pt")}
     assert len(mtimes) == 8                                   # 000002.pt and latest.pt of 4 variants
 
-    code, out, err = _ablation_main(argv)
+    code, out, err = run_train(argv, main=ablation.main)
     assert code == 0, err
     assert out.count("skipped, already done") == 4
     assert "training from scratch" not in out and "resuming from" not in out and "resumed from" not in out
     assert "iter 1/2" not in out
     assert {p: p.stat().st_mtime_ns for p in root.glob("*/checkpoints/*.pt")} == mtimes
-    assert len(_ablation_table_rows((root / "table.md").read_text())) == 4
+    assert len(table_rows((root / "table.md").read_text())) == 4
 
     shutil.rmtree(root / "baseline")                          # not started
     argv[argv.index("--iter") + 1] = "3"                      # the three others: part way
-    code, out, err = _ablation_main(argv)
+    code, out, err = run_train(argv, main=ablation.main)
     assert code == 0, err
     assert "[1/4] baseline (SLE no, decoders no): training from scratch to iteration 3" in out
     assert out.count("resuming from iteration 2 to 3") == 3 and out.count("resumed from iteration 2") == 3
-    for v in _ABLATION_VARIANTS:
+    for v in VARIANTS:
         assert checkpoint.load_checkpoint(root / v / "checkpoints" / "latest.pt")["iteration"] == 3, v
     assert json.loads((root / "results.json").read_text())["iterations"] == 3
 
 
-def test_ablation_refuses_bad_input_with_one_line(_ablation_run, tmp_path, _ablation_1thread):
+def test_refuses_bad_input_with_one_line(ablation_run, tmp_path, one_thread):
     """Refused input: exit status 2, one line `ablation.py: error: ...`, no traceback, nothing
     trained or written."""
-    data = str(_ablation_run["data"])
+    data = str(ablation_run["data"])
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
-    existing = str(_ablation_run["root"] / "runs")
+    existing = str(ablation_run["root"] / "runs")
     fresh = str(tmp_path / "runs")
     cases = {
         "no such folder": (["--path", str(tmp_path / "nope"), "--iter", "2", "--out", fresh], "no such folder"),
-        "no images": (["--path", str(empty), "--iter", "2", "--out", fresh, *_ABLATION_TINY], "no readable images"),
+        "no images": (["--path", str(empty), "--iter", "2", "--out", fresh, *ABLATION_TINY], "no readable images"),
         "missing --iter": (["--path", data, "--out", fresh], "--iter"),
-        "bad im_size": (["--path", data, "--iter", "2", "--out", fresh, *_ABLATION_TINY, "--im_size", "300"],
+        "bad im_size": (["--path", data, "--iter", "2", "--out", fresh, *ABLATION_TINY, "--im_size", "300"],
                         "--im_size must be one of"),
-        "bad n_samples": (["--path", data, "--iter", "2", "--out", fresh, *_ABLATION_TINY, "--n_samples", "0"],
+        "bad n_samples": (["--path", data, "--iter", "2", "--out", fresh, *ABLATION_TINY, "--n_samples", "0"],
                           "--n_samples must be positive"),
-        "other widths": (["--path", data, "--iter", "2", "--out", existing, *_ABLATION_TINY, "--ngf", "16"],
+        "other widths": (["--path", data, "--iter", "2", "--out", existing, *ABLATION_TINY, "--ngf", "16"],
                          "trained with --ngf 8, but this ablation has --ngf 16"),
-        "past --iter": (["--path", data, "--iter", "1", "--out", existing, *_ABLATION_TINY], "past --iter 1"),
+        "past --iter": (["--path", data, "--iter", "1", "--out", existing, *ABLATION_TINY], "past --iter 1"),
     }
     before = {p: p.stat().st_mtime_ns for p in Path(existing).rglob("*") if p.is_file()}
     for case, (argv, expected) in cases.items():
-        code, out, err = _ablation_main(argv)
+        code, out, err = run_train(argv, main=ablation.main)
         lines = err.strip().splitlines()
         assert code == 2, (case, err)
         assert len(lines) == 1 and lines[0].startswith("ablation.py: error: ") and expected in lines[0], (case, err)
@@ -308,7 +284,7 @@ def test_ablation_refuses_bad_input_with_one_line(_ablation_run, tmp_path, _abla
     assert {p: p.stat().st_mtime_ns for p in Path(existing).rglob("*") if p.is_file()} == before
 
 
-def test_ablation_passes_its_ema_decay_to_every_variant():
+def test_passes_its_ema_decay_to_every_variant():
     """ablation.py --ema reaches each variant's train.py command line (default: the paper's 0.999)."""
     for argv, want in ((["--path", "d", "--iter", "3"], 0.999), (["--path", "d", "--iter", "3", "--ema", "0.99"], 0.99)):
         args = ablation.parse_args(argv)
@@ -316,7 +292,7 @@ def test_ablation_passes_its_ema_decay_to_every_variant():
             assert train.parse_args(ablation.train_argv(args, name, sle, decoders)).ema == want
 
 
-def test_ablation_seconds_per_iteration_from_log(tmp_path):
+def test_seconds_per_iteration_from_log(tmp_path):
     """s/it is the median of d(time)/d(iter) within one process's rows (a resumed run restarts the
     clock; start-up and a slow save do not count); rows past --iter are ignored; the loop time is the
     sum of each process's last time. Without two rows in one process: the median of 1 / it_per_s."""

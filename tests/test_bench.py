@@ -1,6 +1,6 @@
 """Tests of bench.py, the timing script: its one JSON line.
 
-    python -m pytest -q test_bench.py
+    python -m pytest -q tests/test_bench.py
 
 That the step bench.py times computes what the baseline step (the authors' order of operations, our
 networks) computes is tested in test_speed.py.

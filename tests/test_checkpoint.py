@@ -1,6 +1,6 @@
 """Tests of checkpoint.py: an interrupted save leaves the previous checkpoint intact.
 
-    python -m pytest -q test_checkpoint.py
+    python -m pytest -q tests/test_checkpoint.py
 
 What train.py writes into its checkpoints (networks, optimisers, random states, loadable with
 weights_only=True) and the exact resume from them are tested in test_train.py, on the checkpoints of

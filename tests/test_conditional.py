@@ -3,7 +3,7 @@ BatchNorm in G, Miyato & Koyama's projection in D, orthogonal regularisation (--
 folders (images.py), train.py with --classes (resume, torchrun, ablation flags, grids), sample.py's
 --class and the EMA generator's recomputed statistics.
 
-    python -m pytest -q test_conditional.py
+    python -m pytest -q tests/test_conditional.py
 
 Self-contained: the images are made here (saturated red and blue ones), no other test file is read.
 The slowest test trains for real (128x128, widths 8, 120 iterations, 40-80 s on a 2-core
@@ -11,14 +11,7 @@ CPU) and checks that each class's samples have its colour; its networks and chec
 """
 
 import argparse
-import contextlib
-import io
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,43 +28,23 @@ from ema import recompute_batchnorm_statistics
 from generator import sn_conv2d
 from plumbing.images import class_folders, training_data
 from plumbing.speed import StepContext
+from tests.helpers import PROJECT, make_images, run_train, torchrun
 
-HERE = Path(__file__).resolve().parents[1]
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 SMALL = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--device", "cpu"]
 
 
-def make_class(folder, colour, n=6, size=32, seed=0):
-    """n PNGs of one saturated colour with a darker disc of the same hue at a random place."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n):
-        img = np.empty((size, size, 3), np.uint8)
-        img[:] = colour
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        r = rng.integers(size // 8, size // 4)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (np.array(colour) * 0.6).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"{folder.name}{i}.png")
-    return folder
+def coloured(colour):
+    """make_images' arguments for one class: 32x32 images of one saturated colour, each with a darker
+    disc of the same hue at a random place."""
+    return dict(size=32, background=lambda i, rng: colour, disc=lambda i, rng: (np.array(colour) * 0.6).astype(np.uint8))
 
 
 def make_red_blue(root, n_red=6, n_blue=6):
     """root/blue/*.png and root/red/*.png: class 0 is blue, class 1 red (sorted names)."""
-    make_class(root / "blue", BLUE, n_blue, seed=1)
-    make_class(root / "red", RED, n_red, seed=2)
+    make_images(root / "blue", n_blue, seed=1, **coloured(BLUE))
+    make_images(root / "red", n_red, seed=2, **coloured(RED))
     return root
-
-
-def run_main(main, argv):
-    """A script's main in this process: (exit code, stdout, stderr)."""
-    code, out, err = 0, io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(argv)
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def nets_args(im_size=128, ngf=8, ndf=8):
@@ -100,13 +73,13 @@ def train_red_blue(root):
     """train.py --classes on red and blue images, then sample.py --class all --grid: (train's stdout,
     {class: mean colour of its 8 samples}, the run folder, the samples folder)."""
     data = make_red_blue(root / "data")
-    code, out, err = run_main(train.main, ["--path", str(data), "--out", str(root / "runs"), "--classes",
+    code, out, err = run_train(["--path", str(data), "--out", str(root / "runs"), "--classes",
                                            "--iter", str(RED_BLUE_ITERS), "--batch_size", "4", "--ema", "0.99",
                                            "--log_every", "20", "--save_every", "1000", "--sample_every", "60",
                                            *SMALL])
     assert code == 0, err
     run = root / "runs" / "data"
-    code, _, err = run_main(sample.main, ["--ckpt", str(run / "checkpoints" / "latest.pt"), "--out",
+    code, _, err = run_train(main=sample.main, argv=["--ckpt", str(run / "checkpoints" / "latest.pt"), "--out",
                                           str(root / "samples"), "--class", "all", "--grid", "--n", "8",
                                           "--device", "cpu"])
     assert code == 0, err
@@ -356,7 +329,7 @@ def test_class_folders_are_refused_in_one_line(tmp_path):
     """One class, a class with no readable image, an empty class, images outside any class: each a
     UsageError naming the folder and the fix; train.py says it in one line, exit 2."""
     one = tmp_path / "one"
-    make_class(one / "red", RED, 2)
+    make_images(one / "red", 2, **coloured(RED))
     with pytest.raises(UsageError, match="at least two class subfolders"):
         class_folders(one)
     broken = make_red_blue(tmp_path / "broken")
@@ -367,18 +340,18 @@ def test_class_folders_are_refused_in_one_line(tmp_path):
     empty = make_red_blue(tmp_path / "empty")
     (empty / "grey").mkdir()
     loose = make_red_blue(tmp_path / "loose")
-    make_class(loose, RED, 1)                                   # loose/loose0.png, outside any class
+    make_images(loose, 1, **coloured(RED))                      # loose/img0.png, outside any class
     with pytest.raises(UsageError, match="outside any class"):
         class_folders(loose)
     for folder, words in ((one, "at least two"), (empty, "grey: no readable image"), (loose, "outside any class")):
-        code, _, err = run_main(train.main, ["--path", str(folder), "--out", str(tmp_path / "runs"),
+        code, _, err = run_train(["--path", str(folder), "--out", str(tmp_path / "runs"),
                                              "--classes", "--iter", "1", *SMALL])
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
     ok = make_red_blue(tmp_path / "ok", 1, 1)
-    code, _, err = run_main(train.main, ["--path", str(ok), "--out", str(tmp_path / "runs"), "--classes",
+    code, _, err = run_train(["--path", str(ok), "--out", str(tmp_path / "runs"), "--classes",
                                          "--eval_every", "5", *SMALL])
     assert code == 2 and "--eval_every" in err
-    code, _, err = run_main(train.main, ["--path", str(one), "--ortho", "-1", *SMALL])
+    code, _, err = run_train(["--path", str(one), "--ortho", "-1", *SMALL])
     assert code == 2 and "--ortho must be at least 0" in err
 
 
@@ -392,9 +365,9 @@ def test_resume_with_classes_is_bit_exact(tmp_path):
     data = make_red_blue(tmp_path / "data", n_red=3, n_blue=2)
     common = ["--path", str(data), "--classes", "--ortho", "1e-4", "--batch_size", "2", "--log_every", "1",
               "--save_every", "2", "--sample_every", "2", *SMALL]
-    assert run_main(train.main, [*common, "--out", str(tmp_path / "a"), "--iter", "4"])[0] == 0
-    assert run_main(train.main, [*common, "--out", str(tmp_path / "b"), "--iter", "2"])[0] == 0
-    code, out, _ = run_main(train.main, [*common, "--out", str(tmp_path / "b"), "--iter", "4", "--resume",
+    assert run_train([*common, "--out", str(tmp_path / "a"), "--iter", "4"])[0] == 0
+    assert run_train([*common, "--out", str(tmp_path / "b"), "--iter", "2"])[0] == 0
+    code, out, _ = run_train([*common, "--out", str(tmp_path / "b"), "--iter", "4", "--resume",
                                          "latest"])
     assert code == 0 and "resumed from iteration 2" in out
     a = torch.load(tmp_path / "a" / "data" / "checkpoints" / "latest.pt", weights_only=True)
@@ -407,7 +380,7 @@ def test_resume_with_classes_is_bit_exact(tmp_path):
         for i, s in a[opt]["state"].items():
             assert torch.equal(s["exp_avg"], b[opt]["state"][i]["exp_avg"])
     plain = [c for c in common if c not in ("--classes",)]
-    code, _, err = run_main(train.main, [*plain, "--out", str(tmp_path / "b"), "--iter", "6", "--resume",
+    code, _, err = run_train([*plain, "--out", str(tmp_path / "b"), "--iter", "6", "--resume",
                                          "latest"])
     assert code == 2 and "the classes blue, red" in err and "pass --classes" in err
 
@@ -415,14 +388,14 @@ def test_resume_with_classes_is_bit_exact(tmp_path):
 def test_ablation_flags_work_with_classes(tmp_path):
     """--classes with --no_sle and --no_recon (Table 2's ablations) trains and samples."""
     data = make_red_blue(tmp_path / "data", n_red=2, n_blue=2)
-    code, out, err = run_main(train.main, ["--path", str(data), "--out", str(tmp_path / "runs"), "--classes",
+    code, out, err = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--classes",
                                            "--no_sle", "--no_recon", "--iter", "2", "--batch_size", "2",
                                            "--sample_every", "2", *SMALL])
     assert code == 0, err
     st = checkpoint.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")
     assert not any(k.startswith("sle.") for k in st["G"]) and not any(k.startswith("decoder_") for k in st["D"])
     assert any(k.startswith("projection.") for k in st["D"])
-    code, _, err = run_main(sample.main, ["--ckpt", str(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt"),
+    code, _, err = run_train(main=sample.main, argv=["--ckpt", str(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt"),
                                           "--out", str(tmp_path / "s"), "--class", "red", "--n", "2"])
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "s" / "red").iterdir()) == ["000000.png", "000001.png"]
@@ -473,17 +446,9 @@ def test_torchrun_labels_travel_with_the_batch(tmp_path):
     image's label is its class (read from its colour); the run finishes and writes a conditional checkpoint."""
     data = make_red_blue(tmp_path / "data", n_red=3, n_blue=3)
     script = tmp_path / "observer.py"
-    script.write_text(_OBSERVER.format(project=str(HERE), out=str(tmp_path)))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(port), str(script), "--path", str(data), "--out", str(tmp_path / "runs"),
-                           "--classes", "--iter", "2", "--batch_size", "4", "--sample_every", "2", *SMALL],
-                          cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    script.write_text(_OBSERVER.format(project=str(PROJECT), out=str(tmp_path)))
+    proc = torchrun(script, ["--path", data, "--out", tmp_path / "runs", "--classes", "--iter", "2",
+                             "--batch_size", "4", "--sample_every", "2", *SMALL])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in range(2):
         assert (tmp_path / f"rank{rank}.txt").read_text().split() == ["True", "True"]
@@ -501,7 +466,7 @@ def test_sample_modes_with_a_class(red_blue, tmp_path):
     _, _, run, _ = red_blue
     ckpt = str(run / "checkpoints" / "latest.pt")
     for c in ("red", "blue"):
-        code, _, err = run_main(sample.main, ["--ckpt", ckpt, "--out", str(tmp_path), "--class", c, "--n", "2",
+        code, _, err = run_train(main=sample.main, argv=["--ckpt", ckpt, "--out", str(tmp_path), "--class", c, "--n", "2",
                                               "--truncation", "0.7", "--truncation_strip", "--interpolate", "2",
                                               "--style_mix", "--device", "cpu"])
         assert code == 0, err
@@ -521,9 +486,9 @@ def test_sample_refuses_wrong_classes_in_one_line(red_blue, tmp_path):
     and a conditional checkpoint without --class: one line each, exit 2, nothing written."""
     _, _, run, _ = red_blue
     ckpt = str(run / "checkpoints" / "latest.pt")
-    code, _, err = run_main(sample.main, ["--ckpt", ckpt, "--out", str(tmp_path / "a"), "--class", "green"])
+    code, _, err = run_train(main=sample.main, argv=["--ckpt", ckpt, "--out", str(tmp_path / "a"), "--class", "green"])
     assert code == 2 and "no such class" in err and "blue, red" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_main(sample.main, ["--ckpt", ckpt, "--out", str(tmp_path / "b")])
+    code, _, err = run_train(main=sample.main, argv=["--ckpt", ckpt, "--out", str(tmp_path / "b")])
     assert code == 2 and "--class all" in err
     torch.manual_seed(0)
     G, D = train.build_networks(nets_args())
@@ -531,6 +496,6 @@ def test_sample_refuses_wrong_classes_in_one_line(red_blue, tmp_path):
     args = train.parse_args(["--path", "x", *SMALL])
     plain = tmp_path / "plain.pt"
     checkpoint.save_checkpoint(plain, checkpoint.checkpoint_state(G, D, G, opt_G, opt_D, 0, args))
-    code, _, err = run_main(sample.main, ["--ckpt", str(plain), "--out", str(tmp_path / "c"), "--class", "red"])
+    code, _, err = run_train(main=sample.main, argv=["--ckpt", str(plain), "--out", str(tmp_path / "c"), "--class", "red"])
     assert code == 2 and "has no classes" in err and len(err.strip().splitlines()) == 1
     assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))

@@ -1,6 +1,6 @@
 """Tests of datasets.py: fetching the paper's few-shot sets by name, safely and all at once.
 
-    python -m pytest -q test_datasets.py
+    python -m pytest -q tests/test_datasets.py
 
 Nothing here touches the network beyond 127.0.0.1: each test builds its own small zips (a few PNGs
 made with Pillow) and serves them from a local HTTP server, to which FASTGAN_DATASETS_URL points.
@@ -10,7 +10,6 @@ The last three tests run the scripts end to end (train.py, metrics.py) in a subp
 import io
 import json
 import os
-import random
 import socket
 import stat
 import subprocess
@@ -18,16 +17,15 @@ import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
 
 from plumbing import datasets
 from plumbing.cli import UsageError
 from plumbing.datasets import KNOWN_DATASETS, ensure_dataset
+from tests.helpers import PROJECT, png_bytes
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = ["img0.png", "img1.png", "img2.png", "img3.png"]
 
 
@@ -38,12 +36,8 @@ NAMES = ["img0.png", "img1.png", "img2.png", "img3.png"]
 def png(i, size=64, noise=False):
     """A PNG as bytes: a flat colour per index, or seeded noise (which PNG cannot compress)."""
     if noise:
-        img = Image.frombytes("RGB", (size, size), random.Random(i).randbytes(size * size * 3))
-    else:
-        img = Image.new("RGB", (size, size), (40 * i, 255 - 40 * i, 90))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+        return png_bytes(np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return png_bytes(np.full((size, size, 3), (40 * i, 255 - 40 * i, 90), np.uint8))
 
 
 IMAGES = {name: png(i) for i, name in enumerate(NAMES)}
@@ -403,7 +397,7 @@ def test_default_url(monkeypatch):
 
 def run_script(args, server):
     env = {**os.environ, "FASTGAN_DATASETS_URL": server.url, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *args], cwd=PROJECT, env=env, capture_output=True, text=True,
                           timeout=600)
 
 

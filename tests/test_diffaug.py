@@ -1,7 +1,7 @@
 """Tests of diffaug.py: DiffAugment (Zhao et al. 2020), the augmentation FastGAN applies to every
 image D sees, real and fake (§4).
 
-    python -m pytest -q test_diffaug.py
+    python -m pytest -q tests/test_diffaug.py
 
 Each policy keeps the batch's shape, passes a gradient back to its input (so G learns through it),
 and draws its random parameters per sample; translation shifts with a zero fill, cutout zeros one

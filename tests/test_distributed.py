@@ -1,6 +1,6 @@
 """Tests of distributed.py: train.py under `torchrun --nproc_per_node=2` on the CPU (gloo).
 
-    python -m pytest -q test_distributed.py
+    python -m pytest -q tests/test_distributed.py
 
 Two runs, each shared by the tests that read it: a 3-iteration run watched from inside every
 process (the images each rank trained on, its networks, its decoders' gradients, the calls that
@@ -9,34 +9,28 @@ torch.distributed.
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import sample
 import train
+from tests.helpers import PROJECT, make_images, torchrun
 
 
-_DDP_PROJECT = Path(__file__).resolve().parents[1]
-_DDP_N_IMAGES = 6                      # rank 0 trains on images 0, 2, 4; rank 1 on 1, 3, 5
-_DDP_ARGV = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "4", "--iter", "3",
-             "--device", "cpu", "--log_every", "1", "--save_every", "2", "--sample_every", "2",
-             "--eval_every", "3", "--eval_n", "4"]
-_ddp_needs_dist = pytest.mark.skipif(not torch.distributed.is_available(),
-                                     reason="this torch build has no torch.distributed")
+N_IMAGES = 6                      # rank 0 trains on images 0, 2, 4; rank 1 on 1, 3, 5
+ARGV = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "4", "--iter", "3",
+        "--device", "cpu", "--log_every", "1", "--save_every", "2", "--sample_every", "2",
+        "--eval_every", "3", "--eval_n", "4"]
+needs_dist = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="this torch build has no torch.distributed")
 
 # The script each torchrun process runs: train.py's own `main`, watched from outside. It records the
 # images each rank's `train_step` was given, the networks before the first step and after the last,
 # the decoders' gradients (local after D's real pass, averaged when opt_D steps), and every call that
 # writes a file; then saves all of it to rank{RANK}.pt.
-_DDP_OBSERVER = '''
+OBSERVER = '''
 import os, sys
 import torch
 sys.path.insert(0, {project!r})
@@ -100,7 +94,7 @@ torch.save({{"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "seen": seen,
 
 # The script of the second run: rank 1 alone receives SIGTERM twice, as a cluster and torchrun may
 # both send it, after its second iteration; each rank writes its exit code to exit{RANK}.txt.
-_DDP_SIGNALLED = '''
+SIGNALLED = '''
 import os, signal, sys
 sys.path.insert(0, {project!r})
 import train
@@ -128,74 +122,46 @@ raise SystemExit(code)
 '''
 
 
-def _ddp_free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_torchrun(script, argv, timeout=300):
-    """`torchrun --nproc_per_node=2 script argv` on a free port, CPU (gloo): the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port", str(_ddp_free_port()), str(script), *argv]
-    return subprocess.run(cmd, cwd=_DDP_PROJECT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _ddp_red(i):
+def red_of(i):
     return 30 + 40 * i                 # background red of training image i: 30, 70, ..., 230
 
 
-def _ddp_make_images(folder, n=_DDP_N_IMAGES, size=128):
-    """n 128x128 PNGs: a flat background whose red value names the image, and a disc in the middle."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n):
-        img = np.empty((size, size, 3), np.uint8)
-        img[:] = (_ddp_red(i), *rng.integers(0, 256, 2))
-        img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2] = rng.integers(0, 256, 3)
-        Image.fromarray(img).save(folder / f"img{i}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
-def _ddp_run(tmp_path_factory):
+def two_process_run(tmp_path_factory):
     """One 3-iteration run of train.py under `torchrun --nproc_per_node=2` (gloo), shared by the tests.
     Returns (root, run folder, torchrun's CompletedProcess, [rank 0's record, rank 1's record])."""
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
     root = tmp_path_factory.mktemp("ddp")
-    data = _ddp_make_images(root / "data")
+    data = make_images(root / "data", N_IMAGES, size=128, centred=True,     # the background's red names the image
+                       background=lambda i, rng: (red_of(i), *rng.integers(0, 256, 2)))
     script = root / "observer.py"
-    script.write_text(_DDP_OBSERVER.format(project=str(_DDP_PROJECT), out=str(root)))
-    proc = _ddp_torchrun(script, ["--path", str(data), "--out", str(root / "runs"), *_DDP_ARGV])
+    script.write_text(OBSERVER.format(project=str(PROJECT), out=str(root)))
+    proc = torchrun(script, ["--path", str(data), "--out", str(root / "runs"), *ARGV])
     records = [torch.load(root / f"rank{r}.pt", weights_only=True) if (root / f"rank{r}.pt").exists()
                else None for r in range(2)]
     return root, root / "runs" / "data", proc, records
 
 
 @pytest.fixture(scope="module")
-def _ddp_stopped_run(_ddp_run):
+def stopped_run(two_process_run):
     """A second torchrun run (of --iter 50) in which only rank 1 is signalled, after iteration 2."""
-    root = _ddp_run[0]
+    root = two_process_run[0]
     script = root / "signalled.py"
-    script.write_text(_DDP_SIGNALLED.format(project=str(_DDP_PROJECT), out=str(root)))
-    proc = _ddp_torchrun(script, ["--path", str(root / "data"), "--out", str(root / "stopped"),
-                                  *_DDP_ARGV, "--iter", "50", "--log_every", "5", "--save_every", "50",
-                                  "--sample_every", "50", "--eval_every", "0"])
+    script.write_text(SIGNALLED.format(project=str(PROJECT), out=str(root)))
+    proc = torchrun(script, ["--path", str(root / "data"), "--out", str(root / "stopped"),
+                             *ARGV, "--iter", "50", "--log_every", "5", "--save_every", "50",
+                             "--sample_every", "50", "--eval_every", "0"])
     codes = [(root / f"exit{r}.txt").read_text().split() if (root / f"exit{r}.txt").exists() else None
              for r in range(2)]
     return root / "stopped" / "data", proc, codes
 
 
-@_ddp_needs_dist
-def test_ddp_two_processes_write_once_and_resume_in_one(_ddp_run, tmp_path, capsys):
+@needs_dist
+def test_two_processes_write_once_and_resume_in_one(two_process_run, tmp_path, capsys):
     """Both ranks finish; only rank 0 logs, samples and saves; its checkpoint
     continues in a single process (--resume) and samples with sample.py."""
-    root, run, proc, records = _ddp_run
+    root, run, proc, records = two_process_run
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert [r["rank"] for r in records] == [0, 1] and all(r["world"] == 2 for r in records)
     # Rank 0 wrote everything once; rank 1 never called a function that writes a file.
@@ -221,7 +187,7 @@ def test_ddp_two_processes_write_once_and_resume_in_one(_ddp_run, tmp_path, caps
 
     # One process continues it, and sample.py reads it.
     out = tmp_path / "resumed"
-    train.main(["--path", str(root / "data"), "--out", str(out), *_DDP_ARGV, "--iter", "4",
+    train.main(["--path", str(root / "data"), "--out", str(out), *ARGV, "--iter", "4",
                 "--resume", str(run / "checkpoints" / "latest.pt")])
     printed = capsys.readouterr().out
     assert "resumed from iteration 3" in printed and "2 processes" not in printed
@@ -234,18 +200,18 @@ def test_ddp_two_processes_write_once_and_resume_in_one(_ddp_run, tmp_path, caps
         assert im.size == (128, 128)
 
 
-@_ddp_needs_dist
-def test_ddp_gradients_are_averaged_across_ranks(_ddp_run):
+@needs_dist
+def test_gradients_are_averaged_across_ranks(two_process_run):
     """DDP averages the gradients: after 3 iterations every parameter of G and D (decoders included) is identical
     on both ranks and has moved from its initial value, and the ranks trained on different images."""
-    _, _, proc, records = _ddp_run
+    _, _, proc, records = two_process_run
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     r0, r1 = records
     # Different data: each rank drew its batches (2 images each) from its own half of the set.
     assert all(len(batch) == 2 for r in records for batch in r["seen"]) and len(r0["seen"]) == 3
     seen0 = {i for batch in r0["seen"] for i in batch}
     seen1 = {i for batch in r1["seen"] for i in batch}
-    assert seen0 <= {_ddp_red(i) for i in (0, 2, 4)} and seen1 <= {_ddp_red(i) for i in (1, 3, 5)}
+    assert seen0 <= {red_of(i) for i in (0, 2, 4)} and seen1 <= {red_of(i) for i in (1, 3, 5)}
     assert len(seen0) >= 2 and len(seen1) >= 2
     assert not torch.equal(r0["first"]["draw"], r1["first"]["draw"])          # and its own noise
 
@@ -278,11 +244,11 @@ def test_ddp_gradients_are_averaged_across_ranks(_ddp_run):
                                            msg=lambda m: f"iteration {it + 1}, {n}: {m}")
 
 
-@_ddp_needs_dist
-def test_ddp_a_signal_to_one_rank_stops_all_after_that_iteration(_ddp_stopped_run):
+@needs_dist
+def test_a_signal_to_one_rank_stops_all_after_that_iteration(stopped_run):
     """Ctrl-C/SIGTERM under torchrun: the ranks agree on it after every iteration, so all stop after the
     same one (not at the next log iteration), rank 0 saves it, and a repeated signal is not an abort."""
-    run, proc, codes = _ddp_stopped_run
+    run, proc, codes = stopped_run
     assert codes == [["130", "2"], ["130", "2"]], \
         f"[exit code, iterations] of each rank:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.returncode != 0                               # torchrun reports the workers' exit 130

@@ -1,7 +1,7 @@
 """Tests of images.py: decoding any of Pillow's image modes to 8-bit RGB, and a training folder
 with files that do not decode and images of the wrong size or shape.
 
-    python -m pytest -q test_images.py
+    python -m pytest -q tests/test_images.py
 """
 
 import numpy as np

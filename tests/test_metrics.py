@@ -1,7 +1,7 @@
 """Tests of metrics.py: the Fréchet distance and FID, KID, SWD, `score` with and without the optional
 pytorch-fid package, and the command line.
 
-    python -m pytest -q test_metrics.py
+    python -m pytest -q tests/test_metrics.py
 
 Each score is checked against a value computed another way (a closed form, a hand computation, or
 a slow direct version), and on synthetic image sets whose order is known: two halves of one set,
@@ -21,20 +21,18 @@ import pytest
 import torch
 
 import metrics
-
-
-_METRICS_DIR = Path(__file__).resolve().parents[1]          # where metrics.py lives: the subprocess cwd
+from tests.helpers import PROJECT, make_images
 
 
 # ------------------------------------------------------------------------------------------------
-# Helpers: synthetic images with real structure, a blur, PNG folders
+# Helpers: synthetic images with real structure, a blur, noise
 # ------------------------------------------------------------------------------------------------
 
-_METRICS_PALETTE = np.array([[230, 60, 50], [40, 120, 220], [250, 210, 60], [30, 160, 90],
+PALETTE = np.array([[230, 60, 50], [40, 120, 220], [250, 210, 60], [30, 160, 90],
                              [240, 240, 235], [35, 30, 45]], dtype=np.float64)
 
 
-def _metrics_shapes(n, size=64, seed=0):
+def shape_images(n, size=64, seed=0):
     """n uint8 images (n, 3, size, size) of one 'style': a grey background with a faint gradient,
     two bands of stripes, ten discs and three rectangles with hard edges, colours from one palette.
     Every image differs (seeded numpy RNG), but all come from the same distribution, so two halves
@@ -44,7 +42,7 @@ def _metrics_shapes(n, size=64, seed=0):
     out = np.empty((n, 3, size, size))
 
     def colour():
-        return _METRICS_PALETTE[rng.integers(len(_METRICS_PALETTE))][:, None] + rng.normal(0, 8, (3, 1))
+        return PALETTE[rng.integers(len(PALETTE))][:, None] + rng.normal(0, 8, (3, 1))
 
     for i in range(n):
         a = rng.uniform(0, 2 * np.pi)
@@ -64,7 +62,7 @@ def _metrics_shapes(n, size=64, seed=0):
     return torch.from_numpy(np.clip(out, 0, 255).round().astype(np.uint8))
 
 
-def _metrics_blur(images, passes=4):
+def box_blur(images, passes=4):
     """3x3 box blur repeated `passes` times (close to a Gaussian, sigma ~ 0.8 sqrt(passes) px), in
     numpy so the test does not lean on metrics.blur. uint8 (N, 3, H, W) -> same."""
     x = images.numpy().astype(np.float64)
@@ -75,23 +73,15 @@ def _metrics_blur(images, passes=4):
     return torch.from_numpy(x.round().astype(np.uint8))
 
 
-def _metrics_noise(shape, seed=1):
+def noise_images(shape, seed=1):
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8))
-
-
-def _metrics_write_pngs(folder, images):
-    from PIL import Image
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(images):
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
-    return folder
 
 
 # ------------------------------------------------------------------------------------------------
 # Fréchet distance and FID
 # ------------------------------------------------------------------------------------------------
 
-def test_metrics_frechet_diagonal_matches_closed_form():
+def test_frechet_diagonal_matches_closed_form():
     # Diagonal covariances: the product commutes, (S1 S2)^(1/2) = diag(sqrt(a b)), so
     # d^2 = ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2.
     rng = np.random.default_rng(0)
@@ -103,7 +93,7 @@ def test_metrics_frechet_diagonal_matches_closed_form():
     assert metrics.frechet_distance(1.0, 4.0, 3.0, 9.0) == pytest.approx(5.0, rel=1e-12)
 
 
-def test_metrics_frechet_non_diagonal_matches_other_formulas():
+def test_frechet_non_diagonal_matches_other_formulas():
     rng = np.random.default_rng(1)
     # Commuting but not diagonal: both covariances share eigenvectors Q, so the distance is the same
     # as for the diagonal case in Q's basis.
@@ -125,7 +115,7 @@ def test_metrics_frechet_non_diagonal_matches_other_formulas():
     assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
 
 
-def test_metrics_frechet_of_identical_gaussians_is_zero():
+def test_frechet_of_identical_gaussians_is_zero():
     rng = np.random.default_rng(2)
     full = np.cov(rng.normal(size=(500, 40)) @ rng.normal(size=(40, 40)), rowvar=False)
     singular = np.cov(rng.normal(size=(10, 40)), rowvar=False)      # 10 samples in 40-d: rank 9
@@ -134,7 +124,7 @@ def test_metrics_frechet_of_identical_gaussians_is_zero():
         assert abs(metrics.frechet_distance(mu, s, mu, s)) < 1e-8 * np.trace(s)
 
 
-def test_metrics_fid_from_features_of_large_samples_near_closed_form():
+def test_fid_from_features_of_large_samples_near_closed_form():
     rng = np.random.default_rng(3)
     mu1, mu2 = np.array([0.0, 0.0]), np.array([1.0, -0.5])
     s1 = np.array([[1.0, 0.6], [0.6, 2.0]])
@@ -152,7 +142,7 @@ def test_metrics_fid_from_features_of_large_samples_near_closed_form():
 # KID
 # ------------------------------------------------------------------------------------------------
 
-def test_metrics_kid_hand_computed_value():
+def test_kid_hand_computed_value():
     # d = 1, k(x, y) = (x y + 1)^3. x = {0, 1}: k(0, 1) = 1. y = {2, 3}: k(2, 3) = 343.
     # Cross terms k(0, 2), k(0, 3), k(1, 2), k(1, 3) = 1, 1, 27, 64, mean 23.25.
     # Unbiased MMD^2 = 1 + 343 - 2 * 23.25 = 297.5; subsets of 2 are the whole sets, so std = 0.
@@ -167,7 +157,7 @@ def test_metrics_kid_hand_computed_value():
     assert kid == pytest.approx(1.125, rel=1e-12)
 
 
-def test_metrics_kid_near_zero_for_same_distribution_positive_for_shifted():
+def test_kid_near_zero_for_same_distribution_positive_for_shifted():
     rng = np.random.default_rng(4)
     d = 16
     f1, f2 = rng.normal(size=(1000, d)), rng.normal(size=(1000, d))
@@ -186,8 +176,8 @@ def test_metrics_kid_near_zero_for_same_distribution_positive_for_shifted():
 # SWD
 # ------------------------------------------------------------------------------------------------
 
-def test_metrics_laplacian_pyramid_levels_and_reconstruction():
-    x = _metrics_shapes(3, size=64).float()                                  # (3, 3, 64, 64)
+def test_laplacian_pyramid_levels_and_reconstruction():
+    x = shape_images(3, size=64).float()                                  # (3, 3, 64, 64)
     pyramid = metrics.laplacian_pyramid(x)
     assert [p.shape[-1] for p in pyramid] == [64, 32, 16]
     # Band-passes + the coarsest Gaussian level give the image back exactly (coarse to fine).
@@ -210,7 +200,7 @@ def test_metrics_laplacian_pyramid_levels_and_reconstruction():
     assert torch.allclose(low, torch.full((1, 3, 16, 16), 77.0), atol=1e-4)
 
 
-def test_metrics_extract_patches_matches_slicing():
+def test_extract_patches_matches_slicing():
     g = torch.Generator().manual_seed(3)
     level = torch.randn(4, 3, 16, 16, generator=g)
     img = torch.tensor([0, 3, 3, 1, 2])
@@ -223,7 +213,7 @@ def test_metrics_extract_patches_matches_slicing():
         assert torch.equal(patches[k], window.reshape(-1))
 
 
-def test_metrics_sliced_wasserstein_of_a_translated_set():
+def test_sliced_wasserstein_of_a_translated_set():
     # b = a + c: on unit direction u every projection moves by c.u, so the sorted projections differ
     # by |c.u| and SWD = mean_u |c.u| -> |c| E|u_1| = |c| Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2)).
     g = torch.Generator().manual_seed(0)
@@ -247,14 +237,14 @@ def test_metrics_sliced_wasserstein_of_a_translated_set():
     assert mixed > 0.2 * got
 
 
-def test_metrics_swd_orders_self_blur_noise():
-    images = _metrics_shapes(80, size=64, seed=0)
+def test_swd_orders_self_blur_noise():
+    images = shape_images(80, size=64, seed=0)
     a, b = images[:40], images[40:]                         # two halves of one distribution
     # 128 directions (ProGAN draws 4 x 128) instead of the default 512: the same distances up to
     # a little projection noise, 4x less sorting.
     self_ = metrics.swd(a, b, n_projections=128)
-    blurred = metrics.swd(a, _metrics_blur(b), n_projections=128)
-    noise = metrics.swd(a, _metrics_noise(b.shape), n_projections=128)
+    blurred = metrics.swd(a, box_blur(b), n_projections=128)
+    noise = metrics.swd(a, noise_images(b.shape), n_projections=128)
     # The finest level (64) is where a blur removes detail: the biggest gap. The coarse levels of
     # 40 images carry sampling noise that no blur of a few pixels changes, so the mean gaps are
     # smaller but keep the order.
@@ -263,11 +253,11 @@ def test_metrics_swd_orders_self_blur_noise():
     assert self_["swd"] < 0.75 * blurred["swd"] and blurred["swd"] < 0.8 * noise["swd"]
 
 
-def test_metrics_swd_ignores_per_channel_brightness_and_contrast():
+def test_swd_ignores_per_channel_brightness_and_contrast():
     # ProGAN normalises each set's descriptors per colour channel (mean 0, std 1), so scaling and
     # shifting a channel of one whole set changes nothing but uint8 rounding; without that
     # normalisation (or with statistics pooled over both sets) the distance would jump.
-    images = _metrics_shapes(24, size=64, seed=8)
+    images = shape_images(24, size=64, seed=8)
     a, b = images[:12], images[12:]
     scale = torch.tensor([0.5, 0.8, 0.3]).view(1, 3, 1, 1)
     shift = torch.tensor([64.0, 20.0, 100.0]).view(1, 3, 1, 1)
@@ -278,8 +268,8 @@ def test_metrics_swd_ignores_per_channel_brightness_and_contrast():
         assert changed["swd_per_level"][level] == pytest.approx(value, rel=0.03)
 
 
-def test_metrics_swd_keys_mean_determinism_and_checks():
-    images = _metrics_shapes(12, size=64, seed=5)
+def test_swd_keys_mean_determinism_and_checks():
+    images = shape_images(12, size=64, seed=5)
     a, b = images[:5], images[5:]                           # unequal sizes on purpose
     r = metrics.swd(a, b, n_patches=32, n_projections=64)
     assert list(r["swd_per_level"]) == ["64", "32", "16"]
@@ -306,7 +296,7 @@ def test_metrics_swd_keys_mean_determinism_and_checks():
 # score() and the optional pytorch-fid part
 # ------------------------------------------------------------------------------------------------
 
-class _MetricsFakeInception(torch.nn.Module):
+class FakeInception(torch.nn.Module):
     """Stands in for pytorch-fid's InceptionV3, offline: checks the input contract ([0, 1] floats)
     and returns fixed random features of the image's 4x4 average colours and 4x4 average edge
     strength, shaped like pool3 (B, D, 1, 1) but with D = 64 instead of 2048, to keep FID's
@@ -326,7 +316,7 @@ class _MetricsFakeInception(torch.nn.Module):
         return [torch.relu(summary @ self.proj).reshape(len(x), 64, 1, 1)]
 
 
-def _metrics_fake_pytorch_fid(monkeypatch, inception_class):
+def fake_pytorch_fid(monkeypatch, inception_class):
     package = types.ModuleType("pytorch_fid")
     module = types.ModuleType("pytorch_fid.inception")
     module.InceptionV3 = inception_class
@@ -335,10 +325,10 @@ def _metrics_fake_pytorch_fid(monkeypatch, inception_class):
     monkeypatch.setitem(sys.modules, "pytorch_fid.inception", module)
 
 
-def test_metrics_score_without_pytorch_fid_reports_and_keeps_swd(monkeypatch):
+def test_score_without_pytorch_fid_reports_and_keeps_swd(monkeypatch):
     monkeypatch.setitem(sys.modules, "pytorch_fid", None)         # import fails, installed or not
     monkeypatch.setitem(sys.modules, "pytorch_fid.inception", None)
-    images = _metrics_shapes(6, size=32)
+    images = shape_images(6, size=32)
     with pytest.raises(RuntimeError, match="pip install pytorch-fid"):
         metrics.inception_features(images, "cpu")
     r = metrics.score(images[:3], images[3:], fid=True)
@@ -356,31 +346,31 @@ def test_metrics_score_without_pytorch_fid_reports_and_keeps_swd(monkeypatch):
         metrics.inception_features(images, "cpu")
 
 
-def test_metrics_weights_that_fail_to_load_give_a_readable_error(monkeypatch):
-    class NoNetwork(_MetricsFakeInception):
+def test_weights_that_fail_to_load_give_a_readable_error(monkeypatch):
+    class NoNetwork(FakeInception):
         def __init__(self, *args, **kwargs):
             raise urllib.error.URLError("no network")
-    _metrics_fake_pytorch_fid(monkeypatch, NoNetwork)
-    images = _metrics_shapes(4, size=32)
+    fake_pytorch_fid(monkeypatch, NoNetwork)
+    images = shape_images(4, size=32)
     with pytest.raises(RuntimeError, match="weights.*pip install pytorch-fid"):
         metrics.inception_features(images, "cpu")
     r = metrics.score(images[:2], images[2:])
     assert r["fid"] is None and "weights" in r["fid_error"]
 
 
-def test_metrics_score_with_a_stand_in_inception(monkeypatch):
-    _metrics_fake_pytorch_fid(monkeypatch, _MetricsFakeInception)
-    images = _metrics_shapes(60, size=32, seed=6)
+def test_score_with_a_stand_in_inception(monkeypatch):
+    fake_pytorch_fid(monkeypatch, FakeInception)
+    images = shape_images(60, size=32, seed=6)
     feats = metrics.inception_features(images[:7], "cpu", batch_size=3)    # 3 batches: 3 + 3 + 1
     assert feats.shape == (7, 64) and feats.dtype == np.float64
     same = metrics.score(images[:30], images[30:])
-    far = metrics.score(images[:30], _metrics_noise((30, 3, 32, 32)))
+    far = metrics.score(images[:30], noise_images((30, 3, 32, 32)))
     assert set(same) >= {"swd", "swd_per_level", "fid", "kid", "kid_std"} and "fid_error" not in same
     assert 0 <= same["fid"] < 0.2 * far["fid"]
     assert same["kid"] < 0.2 * far["kid"] and far["kid"] > 0
 
 
-def test_metrics_pytorch_fid_inception_features():
+def test_pytorch_fid_inception_features():
     pytest.importorskip("pytorch_fid", reason="optional package pytorch-fid not installed")
     try:
         from pytorch_fid.inception import FID_WEIGHTS_URL
@@ -390,7 +380,7 @@ def test_metrics_pytorch_fid_inception_features():
     cached = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_URL.rsplit("/", 1)[-1]
     if not cached.is_file():
         pytest.skip(f"InceptionV3 FID weights not cached at {cached} (they download on first use)")
-    images = _metrics_shapes(4, size=64)
+    images = shape_images(4, size=64)
     try:
         feats = metrics.inception_features(images, "cpu", batch_size=2)
     except RuntimeError as e:
@@ -403,10 +393,10 @@ def test_metrics_pytorch_fid_inception_features():
 # Command line
 # ------------------------------------------------------------------------------------------------
 
-def test_metrics_cli_prints_one_json_line(tmp_path, capsys):
-    images = _metrics_shapes(8, size=64, seed=7)
-    fake = _metrics_write_pngs(tmp_path / "fake", images[:3])
-    real = _metrics_write_pngs(tmp_path / "real", images[3:])
+def test_cli_prints_one_json_line(tmp_path, capsys):
+    images = shape_images(8, size=64, seed=7)
+    fake = make_images(tmp_path / "fake", pictures=images[:3])
+    real = make_images(tmp_path / "real", pictures=images[3:])
     assert metrics.main([str(fake), str(real), "--size", "32", "--no_fid"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -417,19 +407,19 @@ def test_metrics_cli_prints_one_json_line(tmp_path, capsys):
     # The same as a program, as a user runs it.
     proc = subprocess.run([sys.executable, "metrics.py", str(fake), str(real), "--size", "16",
                            "--no_fid", "--device", "cpu"],
-                          cwd=_METRICS_DIR, capture_output=True, text=True, timeout=120)
+                          cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip())
     assert r["size"] == 16 and list(r["swd_per_level"]) == ["16"] and r["swd"] > 0
 
 
-def test_metrics_cli_refuses_with_one_line(tmp_path, capsys):
+def test_cli_refuses_with_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    real = _metrics_write_pngs(tmp_path / "real", _metrics_shapes(2, size=32))
+    real = make_images(tmp_path / "real", pictures=shape_images(2, size=32))
     # As a program: exit code 2, one line on stderr, no traceback.
     proc = subprocess.run([sys.executable, "metrics.py", str(empty), str(real), "--no_fid"],
-                          cwd=_METRICS_DIR, capture_output=True, text=True, timeout=120)
+                          cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("metrics.py: error: ") and "no readable images" in proc.stderr

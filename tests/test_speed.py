@@ -1,7 +1,7 @@
 """Tests of speed.py and of the savings built into train.py's step: they change how fast a step
 runs, not what it computes.
 
-    python -m pytest -q test_speed.py
+    python -m pytest -q tests/test_speed.py
 
 Most tests run 3 training iterations from one seed through `bench.make_step` and compares them with
 the same iterations of `bench.baseline_step`, the baseline step (the authors' order of operations on

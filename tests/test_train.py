@@ -1,7 +1,7 @@
 """Tests of train.py as a tool: the loop's output folder, checkpoints, exact resume, refused input,
 a loss that becomes NaN, Ctrl-C, and images streamed from disk.
 
-    python -m pytest -q test_train.py
+    python -m pytest -q tests/test_train.py
 
 Most tests run train.py's `main` in this process at the smallest real configuration (TINY, in
 conftest.py: 128x128, widths 8, batch 2); the Ctrl-C test and one refusal run `python train.py` as a
