@@ -12,10 +12,10 @@ generator draws; 11. the losses (Eq. 2-4) called directly: the hinge margin, the
 the reconstruction term's form and weight; 12. the EMA generator: its ramped-up decay, its update,
 its recomputed BatchNorm statistics (ema.py); 13. the layering of the project's files.
 
-Every other test file tests one module or script, and is named after it (test_diffaug.py,
+Every other test file, in tests/, tests one module or script and is named after it (test_diffaug.py,
 test_train.py, test_images.py, test_checkpoint.py, test_sample.py, test_metrics.py, test_speed.py,
-test_bench.py, test_ablation.py, test_distributed.py, test_datasets.py). conftest.py holds the
-helpers that several of them share.
+test_bench.py, test_ablation.py, test_distributed.py, test_datasets.py, ...). tests/helpers.py holds
+the helpers that several of them share.
 """
 
 import ast

@@ -6,15 +6,15 @@
 
 This file is the method, in the paper's order:
   1. the arguments, with the paper's defaults;
-  2. the data: a few-shot folder of images (fetched by name the first time, see datasets.py);
+  2. the data: a few-shot folder of images (fetched by name the first time, see plumbing/datasets.py);
   3. the networks (generator.py, discriminator.py), Adam, and the EMA generator (ema.py);
   4. the losses: D's hinge loss (Eq. 3), the decoders' reconstruction loss (Eq. 2), G's loss (Eq. 4);
   5. one training iteration, `train_step`;
   6. the loop: log, grids, checkpoints.
-The machinery around it is one file away and may be skipped on a first reading: images.py (loading),
+The machinery around it is in plumbing/ and may be skipped on a first reading: images.py (loading),
 checkpoint.py (atomic saves, exact resume), distributed.py (torchrun), speed.py (options that change
-speed, not results), monitor.py (progress, grids, Ctrl-C, NaN); not in the paper, conditional.py
-(BigGAN's classes and orthogonal regularisation: --classes, --ortho).
+speed, not results), monitor.py (progress, grids, Ctrl-C, NaN), distances.py (Eq. 2's distances); not
+in the paper, conditional.py (BigGAN's classes and orthogonal regularisation: --classes, --ortho).
 
 A run writes OUT/NAME/ (default runs/<data folder name>/): checkpoints/NNNNNN.pt and latest.pt,
 images/NNNNNN_samples.png and _recons.png, log.jsonl, args.json.
@@ -57,7 +57,7 @@ def parse_args(argv=None):
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = p.add_argument
     add("--path", required=True, help="folder of training images (searched recursively), or a dataset "
-        "name to fetch into that folder the first time: data/panda, data/obama, ... (see datasets.py)")
+        "name to fetch into that folder the first time: data/panda, data/obama, ... (see plumbing/datasets.py)")
     add("--name", default=None, help="run name (default: the data folder's name)")
     add("--out", default="runs", help="root folder of all runs; this run writes OUT/NAME/")
     add("--im_size", type=int, default=1024, help=f"image size, one of {SUPPORTED_SIZES}")
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     add("--no_recon", action="store_true", help="ablation (Table 2): no decoders, no L_recons")
     add("--classes", action="store_true", help="class-conditional (BigGAN): each subfolder of --path is a class")
     add("--ortho", type=float, default=0.0, help="BigGAN's orthogonal regularisation of G, BETA ||W W^T * (1 - I)||^2 "
-        "as its §3.1 writes it (BigGAN: 1e-4; its released code adds half this gradient, so --ortho B is its 2B); 0: off")
+        "as its §3.1 writes it (BigGAN: 1e-4; its code adds half this gradient: --ortho B is its 2B); 0: off")
     add_speed_arguments(p)
     args = p.parse_args(argv)
     args.name = args.name or Path(args.path).resolve().name

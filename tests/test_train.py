@@ -4,7 +4,7 @@ a loss that becomes NaN, Ctrl-C, and images streamed from disk.
     python -m pytest -q tests/test_train.py
 
 Most tests run train.py's `main` in this process at the smallest real configuration (TINY, in
-conftest.py: 128x128, widths 8, batch 2); the Ctrl-C test and one refusal run `python train.py` as a
+tests/helpers.py: 128x128, widths 8, batch 2); the Ctrl-C test and one refusal run `python train.py` as a
 user does. That the loop actually learns is tested in test_fastgan.py (test_short_training_learns).
 """
 
