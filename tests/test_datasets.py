@@ -33,14 +33,14 @@ NAMES = ["img0.png", "img1.png", "img2.png", "img3.png"]
 # Fixtures: images, zips, a local server
 # ------------------------------------------------------------------------------------------------
 
-def png(i, size=64, noise=False):
-    """A PNG as bytes: a flat colour per index, or seeded noise (which PNG cannot compress)."""
+def picture(i, size=64, noise=False):
+    """uint8 (size, size, 3): a flat colour per index, or seeded noise (which PNG cannot compress)."""
     if noise:
-        return png_bytes(np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8))
-    return png_bytes(np.full((size, size, 3), (40 * i, 255 - 40 * i, 90), np.uint8))
+        return np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return np.full((size, size, 3), (40 * i, 255 - 40 * i, 90), np.uint8)
 
 
-IMAGES = {name: png(i) for i, name in enumerate(NAMES)}
+IMAGES = {name: png_bytes(picture(i)) for i, name in enumerate(NAMES)}
 
 
 def make_zip(members, compression=zipfile.ZIP_DEFLATED):
@@ -178,7 +178,7 @@ def test_flat_zip_and_macos_metadata(server, tmp_path):
 
 def test_progress_on_stderr_without_a_terminal(server, tmp_path, capsys):
     """Not a terminal (pytest captures stderr): a few plain lines, one per quarter crossed, no \\r."""
-    images = {f"n{i}.png": png(i, size=128, noise=True) for i in range(4)}   # ~200 kB: several reads
+    images = {f"n{i}.png": png_bytes(picture(i, size=128, noise=True)) for i in range(4)}   # ~200 kB: several reads
     body = dataset_zip(images=images)
     assert len(body) > 3 * datasets.CHUNK
     server.serve("100-shot-panda", body)
@@ -316,7 +316,8 @@ def test_silent_server_times_out(server, tmp_path, monkeypatch):
 
 def test_ctrl_c_mid_download_leaves_nothing(server, tmp_path, monkeypatch):
     """KeyboardInterrupt while the zip is being written: the partial .zip.part file is removed."""
-    server.serve("100-shot-panda", dataset_zip(images={f"n{i}.png": png(i, 128, True) for i in range(4)}))
+    noisy = {f"n{i}.png": png_bytes(picture(i, 128, True)) for i in range(4)}
+    server.serve("100-shot-panda", dataset_zip(images=noisy))
     data = tmp_path / "data"
     data.mkdir()
     seen = []
@@ -431,7 +432,7 @@ def test_script_metrics_fetches_dog(server, tmp_path):
     samples = tmp_path / "samples"
     samples.mkdir()
     for i in range(4):
-        (samples / f"s{i}.png").write_bytes(png(10 + i))
+        (samples / f"s{i}.png").write_bytes(png_bytes(picture(10 + i)))
     data = tmp_path / "data" / "dog"
     r = run_script(["metrics.py", str(samples), str(data), "--size", "64", "--no_fid"], server)
     assert r.returncode == 0, r.stderr

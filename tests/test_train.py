@@ -144,7 +144,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert st["iteration"] == saved >= 1
 
 
-def _train_refusals(tmp_path, tiny_run):
+def refusals(tmp_path, tiny_run):
     root, data, run = tiny_run
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -174,7 +174,7 @@ def _train_refusals(tmp_path, tiny_run):
 def test_refused_inputs_exit_2_with_one_line(tmp_path, tiny_run, capsys):
     """Refused input (a missing or empty folder, bad sizes or widths, a checkpoint that cannot be resumed):
     exit code 2, one readable line on stderr, no traceback, for each case."""
-    for name, (argv, expected) in _train_refusals(tmp_path, tiny_run).items():
+    for name, (argv, expected) in refusals(tmp_path, tiny_run).items():
         code, _, err = run_train(argv, capsys)
         assert code == 2, name
         lines = err.strip().splitlines()
