@@ -234,10 +234,12 @@ def test_fused_adam_on_cuda_except_with_compile():
 
 
 def test_deterministic_sets_pytorchs_reproducibility_switches(monkeypatch):
-    """--deterministic: deterministic algorithms, cuDNN deterministic and not autotuned (speed_up
-    leaves benchmark off on CUDA), no TF32, cuBLAS's workspace setting. Without it speed_up turns
-    cuDNN's autotuning on for CUDA. (The switches are global: restored after the test.)"""
+    """--deterministic: deterministic algorithms (a warning for an op without one), cuDNN
+    deterministic and not autotuned (speed_up leaves benchmark off on CUDA), no TF32, cuBLAS's
+    workspace setting. Without it speed_up turns cuDNN's autotuning on for CUDA. (The switches are
+    global: restored after the test.)"""
     from plumbing.speed import resolve_speed_flags, speed_up
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
@@ -251,10 +253,11 @@ def test_deterministic_sets_pytorchs_reproducibility_switches(monkeypatch):
             speed_up(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), args, cuda)
             assert torch.backends.cudnn.benchmark == (not deterministic)
             assert torch.are_deterministic_algorithms_enabled() == deterministic
+            assert torch.is_deterministic_algorithms_warn_only_enabled() == deterministic   # see make_deterministic
             assert torch.backends.cudnn.allow_tf32 == (not deterministic)
             assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") == deterministic
         assert torch.backends.cudnn.deterministic and not torch.backends.cuda.matmul.allow_tf32
     finally:
-        torch.use_deterministic_algorithms(saved[0])
+        torch.use_deterministic_algorithms(saved[0], warn_only=warn_only)
         (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
          torch.backends.cuda.matmul.allow_tf32) = saved[1:]
