@@ -181,9 +181,12 @@ def _ddp_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def _ddp_stopped_run(_ddp_run):
+def _ddp_stopped_run(tmp_path_factory):
     """A second torchrun run (of --iter 50) in which only rank 1 is signalled, after iteration 2."""
-    root = _ddp_run[0]
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    root = tmp_path_factory.mktemp("ddp_stopped")
+    _ddp_make_images(root / "data")
     script = root / "signalled.py"
     script.write_text(_DDP_SIGNALLED.format(project=str(_DDP_PROJECT), out=str(root)))
     proc = _ddp_torchrun(script, ["--path", str(root / "data"), "--out", str(root / "stopped"),
@@ -288,15 +291,16 @@ def test_ddp_a_signal_to_one_rank_stops_all_after_that_iteration(_ddp_stopped_ru
     """Ctrl-C/SIGTERM under torchrun: the ranks agree on it after every iteration, so all stop after the
     same one (not at the next log iteration), rank 0 saves it, and a repeated signal is not an abort.
 
-    Rank 0 was never signalled: that it stops after iteration 2 with exit code 130 is the agreement.
-    Rank 1 also stops after iteration 2, but whether it gets to return from train.py depends on the
-    torchrun: some (2.4) send SIGTERM to the remaining workers as soon as rank 0 has exited with 130,
-    after the signal handler is gone, and that ends rank 1 before it writes its exit code."""
+    Rank 0 was never signalled: that it stops after iteration 2 and saves it is the agreement. Every
+    rank stops after iteration 2, but whether each gets to return from train.py depends on the
+    torchrun: some (2.4) send SIGTERM to the other workers as soon as one has exited with 130, after
+    their signal handler is gone, which ends them before they write their exit code. Rank 0 has
+    saved by then: the ranks leave together, after its save (distributed.shutdown's barrier)."""
     run, proc, codes, steps = _ddp_stopped_run
     detail = f"[exit code, iterations] of each rank: {codes}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert codes[0] == ["130", "2"], detail
     assert steps == [["2"], ["2"]], detail                    # no rank ran a third iteration
-    assert codes[1] in (["130", "2"], None), detail         # returned after the stop, or ended by torchrun
+    assert all(c in (["130", "2"], None) for c in codes), detail    # returned after the stop, or ended by torchrun
+    assert codes != [None, None], detail                      # at least the first to leave returned 130
     assert proc.returncode != 0                               # torchrun reports the workers' exit 130
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt"]
     assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["iteration"] == 2
