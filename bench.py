@@ -40,7 +40,7 @@ from diffaug import diff_augment
 from discriminator import crop_quarter
 from ema import EMA
 from generator import SUPPORTED_SIZES
-from plumbing.speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
+from plumbing.speed import StepContext, add_speed_arguments, amp_dtype, resolve_speed_flags, speed_up
 
 
 def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
@@ -108,8 +108,8 @@ def make_step(kind, args, device, seed=0):
         opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
         return (lambda: baseline_step(G, D, G_ema, opt_G, opt_D, real, args)), G, D, G_ema
     G_fast, D_fast = speed_up(G, D, args, device)
-    opt_G, opt_D = train.make_optimizers(G, D, args.lr, device)
-    ctx = StepContext(device, args.amp, (opt_G, opt_D))
+    opt_G, opt_D = train.make_optimizers(G, D, args.lr, device, args.compile)
+    ctx = StepContext(device, args.amp, (opt_G, opt_D), dtype=args.amp_dtype)
     ema = EMA(G_ema, G, args.ema)
     distance = pixel_distance(args.recon)
     if args.channels_last:
@@ -158,13 +158,28 @@ def step_flops(step):
     return counter.get_total_flops()
 
 
-def matmul_flops_per_s(device, n=None, repeats=5):
-    """Median FLOP/s of an n x n float32 matrix product: a practical peak of the device."""
+def matmul_flops_per_s(device, dtype=torch.float32, tf32=False, n=None, repeats=5):
+    """Median FLOP/s of an n x n matrix product in `dtype` (on CUDA in TF32 if `tf32`): a practical
+    peak of the device for the arithmetic the step's convolutions use."""
     n = n or (8192 if device.type == "cuda" else 2048)
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    times = [timed(lambda: a @ b, device) for _ in range(repeats)]
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        a @ b
+        times = [timed(lambda: a @ b, device) for _ in range(repeats)]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
     return 2 * n ** 3 / statistics.median(times)
+
+
+def conv_precision(args, device):
+    """(dtype, tf32) of the step's convolutions: --amp's dtype, or float32, which cuDNN computes in
+    TF32 unless that is switched off (it is by --deterministic). The matmul peak is measured in the
+    same, so that `fraction_of_matmul` compares like with like (a TF32 step against a float32 peak
+    could exceed 1)."""
+    dtype = amp_dtype(device, args.amp_dtype) if args.amp else torch.float32
+    return dtype, device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
 
 
 def spread(times):
@@ -180,6 +195,7 @@ def memory_in_subprocess(kind, args):
     if kind == "ours":
         for k in ("fast_upsample", "channels_last", "amp", "compile"):
             cmd.append(f"--{k}" if getattr(args, k) else f"--no-{k}")
+        cmd += ["--amp_dtype", args.amp_dtype] + (["--deterministic"] if args.deterministic else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_memory_gb"]
 
@@ -244,14 +260,17 @@ def main(argv=None):
         "peak_memory_gb": round(peak_memory_gb(device), 3),
         "params_G": n_g, "params_D": n_d, "ngf": args.ngf, "ndf": args.ndf,
         "fast_upsample": args.fast_upsample, "channels_last": args.channels_last, "amp": args.amp,
-        "compile": args.compile,
+        "compile": args.compile, "amp_dtype": str(amp_dtype(device, args.amp_dtype))[6:] if args.amp else None,
+        "deterministic": args.deterministic,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     if not args.no_flops:
         flops = step_flops(steps[main_kind])
+        dtype, tf32 = conv_precision(args, device)
         result.update({"step_gflop": flops / 1e9, "achieved_gflop_per_s": flops / med / 1e9,
-                       "matmul_gflop_per_s": matmul_flops_per_s(device) / 1e9})
+                       "matmul_gflop_per_s": matmul_flops_per_s(device, dtype, tf32) / 1e9,
+                       "matmul_precision": "tf32" if tf32 else str(dtype).replace("torch.", "")})
         result["fraction_of_matmul"] = result["achieved_gflop_per_s"] / result["matmul_gflop_per_s"]
     if args.compare:
         base = statistics.median(times["baseline"])

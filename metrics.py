@@ -415,7 +415,7 @@ def inception_features(images_uint8, device, batch_size=50):
         for i in range(0, len(images), batch_size):
             batch = images[i:i + batch_size].to(device).float() / 255.0   # (B, 3, H, W) in [0, 1]
             pool3 = model(batch)[0]                                        # (B, 2048, 1, 1)
-            features.append(pool3.reshape(len(batch), -1).double().cpu().numpy())  # (B, 2048)
+            features.append(pool3.reshape(len(batch), -1).cpu().double().numpy())  # (B, 2048)
     return np.concatenate(features)                                        # (N, 2048)
 
 

@@ -25,7 +25,6 @@ import copy
 import json
 import random
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import metrics
-from plumbing.checkpoint import checkpoint_state, resume_state, set_rng_state, write_checkpoints
+from plumbing.checkpoint import checkpoint_state, load_optimizer_state, resume_state, set_rng_state, write_checkpoints
 from plumbing.cli import OneLineParser, UsageError
 from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
 from plumbing.datasets import ensure_dataset
@@ -45,7 +44,7 @@ from ema import EMA, recompute_batchnorm_statistics
 from generator import SUPPORTED_SIZES, Generator
 from plumbing.images import class_folders, training_data
 from plumbing.monitor import Diverged, LossLog, StopSignal, fixed_inputs, sample_uint8, save_samples
-from plumbing.speed import StepContext, add_speed_arguments, resolve_speed_flags, speed_up
+from plumbing.speed import StepContext, add_speed_arguments, fused_adam, resolve_speed_flags, speed_up
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,9 +134,9 @@ def build_networks(args, class_names=None):
     return G, D
 
 
-def make_optimizers(G, D, lr, device):
-    """Adam, lr 2e-4, betas (0.5, 0.999) for both networks (§4); on CUDA the fused kernel."""
-    kw = dict(lr=lr, betas=(0.5, 0.999), fused=device.type == "cuda")
+def make_optimizers(G, D, lr, device, compile=False):
+    """Adam, lr 2e-4, betas (0.5, 0.999) for both networks (§4); on CUDA the fused kernel (speed.py)."""
+    kw = dict(lr=lr, betas=(0.5, 0.999), fused=fused_adam(device, compile))
     return torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)
 
 
@@ -229,6 +228,7 @@ def train(args):
     rank, world, device = setup_distributed(args.device, args.batch_size)
     is_main = rank == 0                      # only rank 0 keeps the EMA, logs, draws grids and saves
     say = print if is_main else (lambda *a, **k: None)
+    batch = args.batch_size // world         # this process's share of the batch
     resolve_speed_flags(args, device)
     run_dir = Path(args.out) / args.name
     ckpt_dir, img_dir = run_dir / "checkpoints", run_dir / "images"
@@ -237,7 +237,7 @@ def train(args):
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
 
     # 2. data: uint8 images on the device (or streamed); each process its own slice under torchrun
-    data, reals = training_data(args.path, args.im_size, args.batch_size // world, device, rank, world,
+    data, reals = training_data(args.path, args.im_size, batch, device, rank, world,
                                 args.seed, start, args.stream, args.workers, args.channels_last,
                                 keep=max(8, args.eval_n), log=say, classes=args.class_names)
 
@@ -249,19 +249,19 @@ def train(args):
         G.load_state_dict(state["G"]), D.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (G, D))
     nets = (G, D, G_ema)                           # the plain modules, whose weights checkpoints hold
-    G, D = speed_up(G, D, args, device)            # same function, faster (before Adam sees the weights)
-    opt_G, opt_D = make_optimizers(G, D, args.lr, device)
-    ctx = StepContext(device, args.amp, (opt_G, opt_D), processes=world)
+    G, D = speed_up(G, D, args, device, world)     # same function, faster (before Adam sees the weights)
+    opt_G, opt_D = make_optimizers(G, D, args.lr, device, args.compile)
+    ctx = StepContext(device, args.amp, (opt_G, opt_D), processes=world, dtype=args.amp_dtype)
     distance = reconstruction_distance(args.recon, device)        # Eq. 2's per-image distance
     if state is not None:
-        opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
+        load_optimizer_state(opt_G, state["opt_G"]), load_optimizer_state(opt_D, state["opt_D"])
         ctx.load_state_dict(state.get("scalers"))
         set_rng_state(state["rng"])
         say(f"resumed from iteration {start}")
     if world > 1:
         if rank > 0 or state is None:              # each process its own noise (rank 0 resumes exactly)
             torch.manual_seed(args.seed + 1_000_003 * rank + start)
-        G, D = wrap_distributed(G, D, device)
+        G, D = wrap_distributed(G, D, device, args.compile)
     ema = EMA(G_ema, unwrap(G), args.ema) if is_main else None
     say(f"G: {n_g:,} parameters, D: {n_d:,} parameters, device {device}"
         f"{f', {world} processes' if world > 1 else ''}; fast_upsample={args.fast_upsample} "
@@ -280,7 +280,7 @@ def train(args):
     try:
         with StopSignal(say, repeat_aborts=world == 1) as stop:
             while it < args.iter:
-                real, y = data.labelled_batch(args.batch_size // world)   # (B, 3, S, S) in [-1, 1], (B,) or None
+                real, y = data.labelled_batch(batch)   # (B, 3, S, S) in [-1, 1], (B,) or None
                 losses = train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y, args.ortho)
                 it += 1
                 if ema is not None:
@@ -299,10 +299,9 @@ def train(args):
                 if at_log:
                     log.write(it)
                 if is_main and (at_sample or at_eval or at_save):
-                    recompute_batchnorm_statistics(G_ema, args.batch_size, seed=args.seed, classes=n_classes)
+                    recompute_batchnorm_statistics(G_ema, batch, 16 * world, seed=args.seed, classes=n_classes)
                 if is_main and at_sample:
-                    save_samples(partial(G_ema, y=y_grid), unwrap(D), fixed, show_real, (it // args.sample_every) % 4,
-                                 img_dir, it)
+                    save_samples(G_ema, unwrap(D), fixed, show_real, (it // args.sample_every) % 4, img_dir, it, y_grid)
                 if is_main and at_eval:
                     fakes = sample_uint8(G_ema, args.eval_n, args.seed + 1)        # (n, 3, S, S) uint8
                     scores = metrics.score(fakes, reals, device=str(device))
@@ -314,7 +313,7 @@ def train(args):
                 if agree(stop.requested, world):
                     clean = True
                     if is_main:
-                        recompute_batchnorm_statistics(G_ema, args.batch_size, seed=args.seed, classes=n_classes)
+                        recompute_batchnorm_statistics(G_ema, batch, 16 * world, seed=args.seed, classes=n_classes)
                         write_checkpoints(ckpt_dir, checkpoint_state(*nets, opt_G, opt_D, it, args, ctx.state_dict()),
                                           numbered=False)
                         log.close()

@@ -7,7 +7,10 @@ trainer needs around it:
 - safe reads: `torch.load(..., weights_only=True)`, so a checkpoint holds tensors and plain values
   only, never code that loading would run; anything else is refused in one line;
 - exact resume: the networks, both Adam states, the iteration, the arguments and the state of every
-  random generator the run draws from (Python, NumPy, torch's CPU and CUDA generators).
+  random generator the run draws from (Python, NumPy, torch's CPU, CUDA and MPS generators).
+  Bit for bit on the CPU; on a GPU with --deterministic only (see speed.py: by default cuDNN picks
+  kernels by timing them and some add in a varying order). Adam's moments are put in the memory
+  layout of the weights they belong to, so --channels_last may differ between the two runs.
 A class-conditional run (--classes) keeps its class names in the arguments (`args["class_names"]`,
 the sorted subfolder names; None without classes), and a resume on other classes is refused.
 It imports the paper's generator and `cli.UsageError`, nothing else of ours (conditional.py's
@@ -37,6 +40,7 @@ def rng_state():
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,
     }
 
 
@@ -51,6 +55,8 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+    if state.get("mps") is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
 
 
 def _tuples(x):
@@ -107,6 +113,19 @@ def write_checkpoints(ckpt_dir, state, numbered=True):
     """checkpoints/NNNNNN.pt (unless not `numbered`) and checkpoints/latest.pt, each written atomically."""
     for name in ([f"{state['iteration']:06d}.pt"] if numbered else []) + ["latest.pt"]:
         save_checkpoint(Path(ckpt_dir) / name, state)
+
+
+def load_optimizer_state(opt, state):
+    """`opt.load_state_dict(state)`, with each per-weight tensor (Adam's exp_avg and exp_avg_sq) then
+    given its weight's memory layout. load_state_dict keeps the layout they were saved in: a run saved
+    without --channels_last and resumed with it (or the reverse) would hand fused Adam, which walks
+    the weight, its gradient and its moments in memory order, the moments of other elements (on the
+    CPU a silently wrong update; on CUDA an error at the first step)."""
+    opt.load_state_dict(state)
+    for p, per_weight in opt.state.items():
+        for k, v in per_weight.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                per_weight[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)   # p's layout, v's values
 
 
 def resume_state(args, run_dir):

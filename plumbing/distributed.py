@@ -34,8 +34,9 @@ def setup_distributed(device_name, batch_size):
     return torch.distributed.get_rank(), world, device
 
 
-def wrap_distributed(G, D, device):
-    """DDP around G and D. FastGAN's BatchNorm would otherwise see only batch/world images per GPU, so
+def wrap_distributed(G, D, device, compile=False):
+    """DDP around G and D, then torch.compile around each DDP module with --compile (PyTorch's advice
+    for DDP; speed.speed_up leaves compiling to this function under torchrun). FastGAN's BatchNorm would otherwise see only batch/world images per GPU, so
     on CUDA it becomes SyncBatchNorm (statistics over the global batch). PyTorch's SyncBatchNorm runs on
     GPUs only: CPU processes keep per-process BatchNorm.
 
@@ -51,7 +52,8 @@ def wrap_distributed(G, D, device):
     ids = [device.index] if device.type == "cuda" else None
     DDP = torch.nn.parallel.DistributedDataParallel
     has_decoders = unwrap(D).decoder_big is not None
-    return DDP(G, device_ids=ids), DDP(D, device_ids=ids, find_unused_parameters=has_decoders)
+    G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, find_unused_parameters=has_decoders)
+    return (torch.compile(G), torch.compile(D)) if compile else (G, D)
 
 
 def unwrap(net):

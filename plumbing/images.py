@@ -243,7 +243,7 @@ class StreamingData:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return flip_and_normalise(x), y.to(self.device) if self.labelled else None
+        return flip_and_normalise(x), y.to(self.device, non_blocking=True) if self.labelled else None
 
 
 def training_data(folder, im_size, batch_size, device, rank=0, world=1, seed=0, start=0, stream=False,

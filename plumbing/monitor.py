@@ -129,14 +129,16 @@ def fixed_inputs(G, n, seed, device):
 
 
 @torch.no_grad()
-def save_samples(G_ema, D, fixed, show_real, part, out_dir, iteration):
+def save_samples(G_ema, D, fixed, show_real, part, out_dir, iteration, y=None, chunk=16):
     """images/NNNNNN_samples.png: samples of the EMA generator (eval mode) from the fixed latents and
-    noise of `fixed_inputs`. images/NNNNNN_recons.png: each row is one real image
-    at 128x128, D's reconstruction of it (decoder_big), the quarter `part`, decoder_part's
-    reconstruction of that quarter, and decoder_small's reconstruction (§3.2). Draws no random
-    numbers, so looking at a run never changes it."""
+    noise of `fixed_inputs` (and classes `y`, (n,), with --classes), drawn `chunk` at a time so that
+    a grid of many classes needs no more memory than 16 samples. images/NNNNNN_recons.png: each row
+    is one real image at 128x128, D's reconstruction of it (decoder_big), the quarter `part`,
+    decoder_part's reconstruction of that quarter, and decoder_small's reconstruction (§3.2). Draws
+    no random numbers, so looking at a run never changes it."""
     z, noise = fixed                # from `fixed_inputs`
-    img, _ = G_ema(z, noise=noise)
+    img = torch.cat([G_ema(z[i:i + chunk], noise={r: [t[i:i + chunk] for t in ts] for r, ts in noise.items()},
+                           y=None if y is None else y[i:i + chunk])[0] for i in range(0, len(z), chunk)])
     save_grid(img, Path(out_dir) / f"{iteration:06d}_samples.png", nrow=4)
     if D.decoder_big is None:       # --no_recon: nothing to reconstruct
         return

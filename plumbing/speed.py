@@ -7,9 +7,18 @@ discriminator.py and train.py's `train_step` show only the method:
 - the upsample fold (`--fast_upsample`): each up-block's nearest upsample x2 followed by a 3x3 conv
   (Fig. 3) computed as one stride-2 transposed convolution of the small map, derived below;
 - channels_last (`--channels_last`): NHWC memory layout, what cuDNN's fastest convolutions read;
-- mixed precision (`--amp`): bf16 autocast, or fp16 with loss scaling on GPUs without bf16;
+- mixed precision (`--amp`): bf16 autocast, or fp16 with loss scaling on GPUs without bf16 units
+  (`--amp_dtype` forces either); spectral norm's power iteration stays in float32 under it;
 - `torch.compile` (`--compile`): G and D compiled into fused kernels (minutes of compiling first);
-- DDP's local accumulation (`StepContext.local`): see distributed.py.
+- DDP's local accumulation (`StepContext.local`): see distributed.py;
+- `--deterministic`: the same numbers from the same seed on a GPU too (slower kernels, no TF32).
+
+What "the same results" means where: on the CPU a run resumed from a checkpoint continues bit for bit,
+and with every option off our step is bit-identical to the authors' (bench.baseline_step). On CUDA by
+default neither holds exactly: cuDNN picks its kernels by timing them (cudnn.benchmark), convolutions
+use TF32, Adam is the fused kernel (the authors' step: the plain one), and some backward kernels add
+in a varying order; results agree to float tolerance. `--deterministic` makes CUDA runs repeatable
+(a resume continues bit for bit) at some speed; it does not make our step equal the authors'.
 
 `SPEED_DEFAULTS` turns an option on by default only on a device where `bench.py --compare` measured
 it faster (figures in the README, "Speed and memory").
@@ -18,11 +27,13 @@ It imports the paper's generator (for its up-blocks), nothing else of ours.
 
 import argparse
 import contextlib
+import functools
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 
 from generator import UpBlock, UpBlockComp
 
@@ -44,6 +55,10 @@ def add_speed_arguments(parser):
     speed.add_argument("--channels_last", **flag, help="NHWC memory layout (default: off)")
     speed.add_argument("--amp", **flag, help="mixed precision: bf16, or fp16 with loss scaling (default: off)")
     speed.add_argument("--compile", **flag, help="torch.compile G and D: minutes of compiling first")
+    speed.add_argument("--amp_dtype", choices=("auto", "bf16", "fp16"), default="auto", help="--amp's "
+                       "precision. auto: bf16 where the device computes it natively, else fp16 with loss scaling")
+    speed.add_argument("--deterministic", action="store_true", help="repeatable results on a GPU: "
+                       "deterministic algorithms, no cuDNN autotuning, no TF32 (slower; see speed.py)")
 
 
 def resolve_speed_flags(args, device):
@@ -51,6 +66,28 @@ def resolve_speed_flags(args, device):
     for flag, default in SPEED_DEFAULTS[device.type].items():
         if getattr(args, flag, None) is None:
             setattr(args, flag, default)
+    if getattr(args, "deterministic", False):
+        make_deterministic()
+
+
+def make_deterministic():
+    """PyTorch's recipe for reproducible runs (docs: "Reproducibility"): only deterministic algorithms,
+    cuDNN's deterministic convolutions without autotuning, full float32 instead of TF32 in
+    convolutions and matrix products, and the cuBLAS workspace setting that deterministic cuBLAS
+    needs (read when cuBLAS starts, so before the first matrix product).
+
+    warn_only: an op PyTorch marks as nondeterministic is run with a warning that names it, not
+    refused. On CUDA that is the backward of adaptive average pooling (SLE's pool to 4x4, the small
+    decoder's pool to 8x8; `F.interpolate(mode="area")` in D's resize to 128x128), which adds into
+    the input's gradient with atomic adds. Here every input size is a multiple of the output size,
+    so each gradient element receives exactly one addition and the order of additions cannot change
+    it: the run is still repeatable (docs/gpu_check.sh compares two runs bit for bit)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,21 +153,73 @@ def fold_upsample(net):
 # Applying the options, and the step's context
 # ------------------------------------------------------------------------------------------------
 
-def speed_up(G, D, args, device):
+def speed_up(G, D, args, device, processes=1):
     """Apply the speed options to freshly built networks (before the optimisers are made); returns
     the (possibly compiled) networks to train with. The plain modules stay reachable through
-    distributed.unwrap, and their state_dict keys do not depend on any option."""
-    if device.type == "cuda":
+    distributed.unwrap, and their state_dict keys do not depend on any option. Under torchrun
+    (`processes` > 1) --compile is left to distributed.wrap_distributed, which compiles the DDP
+    modules, as PyTorch advises (its DDPOptimizer then splits the graphs at DDP's gradient buckets)."""
+    if device.type == "cuda" and not getattr(args, "deterministic", False):
         torch.backends.cudnn.benchmark = True   # fixed shapes every iteration: let cuDNN pick its fastest kernels
     if args.fast_upsample:
         fold_upsample(G)
         fold_upsample(D)                        # D's decoders are made of the same up-blocks
+    if args.amp:
+        power_iteration_in_float32(G)
+        power_iteration_in_float32(D)
     if args.channels_last:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)
-    if args.compile:                            # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
+    if args.compile and processes == 1:         # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
         G, D = torch.compile(G), torch.compile(D)
     return G, D
+
+
+def fused_adam(device, compile=False):
+    """Whether Adam uses its fused kernel (one kernel for all of a network's parameters): on CUDA,
+    except with --compile. The fused step requires each gradient to have its weight's memory layout,
+    and a compiled backward may give 1x1 convolutions' weight gradients other strides (pytorch
+    issue 126585); the default multi-tensor Adam accepts any layout. The CPU's plain Adam is what
+    the authors' step uses, so that both compute the same bits there."""
+    return device.type == "cuda" and not compile
+
+
+def power_iteration_in_float32(net):
+    """Run every spectral norm of `net` (its power iteration, sigma and W / sigma) with autocast off.
+
+    CUDA's autocast casts torch.mv to fp16/bf16 (the CPU's does not), so under --amp the power
+    iteration would estimate sigma, the largest singular value of W, in 8 (bf16) or 11 (fp16) bits,
+    and torch's spectral norm then mixes that with its float32 vectors (a crash in some versions).
+    The weights the convolutions see are still cast by autocast, as without spectral norm.
+    The spectral norms are torch's own (torch.nn.utils.parametrizations.spectral_norm); only the
+    call of each one's forward is wrapped, so parameters, buffers and checkpoints are unchanged."""
+    for module in net.modules():
+        if isinstance(module, _SpectralNorm) and not isinstance(module.forward, functools.partial):
+            module.forward = functools.partial(_without_autocast, module.forward)
+    return net
+
+
+def _without_autocast(forward, weight):
+    with torch.autocast(weight.device.type, enabled=False):
+        return forward(weight)
+
+
+def cuda_has_native_bf16(device):
+    """Whether the GPU computes bf16 in hardware (NVIDIA: compute capability 8.0, Ampere, and newer).
+    torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (T4, V100, RTX 2080 Ti):
+    slow, and without cuDNN's bf16 convolutions there, so it is asked not to count emulation."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:                           # a torch without the argument
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def amp_dtype(device, choice="auto"):
+    """The precision of --amp: 'bf16' or 'fp16' as asked; 'auto': bf16 (needs no loss scaling) on
+    the CPU and on GPUs with bf16 units, fp16 (with a GradScaler, see StepContext) on older GPUs."""
+    if choice == "auto":
+        choice = "fp16" if device.type == "cuda" and not cuda_has_native_bf16(device) else "bf16"
+    return torch.float16 if choice == "fp16" else torch.bfloat16
 
 
 class StepContext:
@@ -147,16 +236,13 @@ class StepContext:
     *sum* (the reconstruction term) into a sum over batch/processes images. Multiplying a sum by
     `processes` makes it, after the averaging, the sum over the global batch, as in one process."""
 
-    def __init__(self, device, amp=False, opts=(), processes=1):
+    def __init__(self, device, amp=False, opts=(), processes=1, dtype="auto"):
         self.device_type = device.type
         self.processes = processes
-        self.dtype = None
+        self.dtype = amp_dtype(device, dtype) if amp else None
         self.scalers = {}
-        if amp:
-            fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-            self.dtype = torch.float16 if fp16 else torch.bfloat16   # bf16 needs no loss scaling
-            if fp16:
-                self.scalers = {id(opt): torch.amp.GradScaler("cuda") for opt in opts}
+        if self.dtype == torch.float16:          # fp16's range needs loss scaling; bf16's does not
+            self.scalers = {id(opt): torch.amp.GradScaler(device.type) for opt in opts}
         self._names = {id(opt): i for i, opt in enumerate(opts)}
 
     def autocast(self):

@@ -117,3 +117,149 @@ def test_compile_agrees_within_tolerance(_bench_baseline):
     losses, _, _, _ = _bench_run("ours", compile=True)
     for lb, lo in zip(base_losses, losses):
         assert all(abs(lb[k] - lo[k]) < 5e-3 for k in lb), (lb, lo)
+
+
+def _two_adams():
+    return [torch.optim.Adam([nn.Parameter(torch.zeros(3))]) for _ in range(2)]
+
+
+@pytest.mark.parametrize("gpu, native_bf16, asked, dtype", [
+    ("T4, V100, RTX 2080 Ti: bf16 emulated only", False, "auto", torch.float16),
+    ("A100, H100, RTX 3090: bf16 units", True, "auto", torch.bfloat16),
+    ("bf16 units, fp16 asked for", True, "fp16", torch.float16),
+    ("bf16 emulated, bf16 asked for", False, "bf16", torch.bfloat16),
+])
+def test_amp_picks_bf16_only_on_gpus_with_bf16_units(monkeypatch, gpu, native_bf16, asked, dtype):
+    """--amp on CUDA: bf16 where the GPU computes it natively, else fp16 with one GradScaler per
+    optimiser; --amp_dtype forces either. torch.cuda.is_bf16_supported() says True on GPUs that only
+    emulate bf16 unless asked not to count emulation: the GPU is replaced here by the answers its
+    probes would give (emulation counted or not, compute capability)."""
+    from plumbing.speed import StepContext
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0) if native_bf16 else (7, 5))
+    opts = _two_adams()
+    forced = {} if asked == "auto" else {"dtype": asked}        # auto: as train.py is called without --amp_dtype
+    ctx = StepContext(torch.device("cuda"), amp=True, opts=opts, **forced)
+    assert ctx.dtype == dtype, gpu
+    assert len(ctx.scalers) == (2 if dtype == torch.float16 else 0), gpu
+    assert StepContext(torch.device("cuda"), amp=False, opts=opts).dtype is None
+
+
+def test_amp_without_the_emulation_argument_reads_the_compute_capability(monkeypatch):
+    """A torch whose is_bf16_supported() takes no argument: bf16 from compute capability 8.0 on."""
+    from plumbing.speed import amp_dtype
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    for capability, dtype in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        assert amp_dtype(torch.device("cuda")) == dtype, capability
+
+
+def test_fp16_loss_scaling_steps_like_float32_and_skips_an_overflow():
+    """The fp16 path (--amp_dtype fp16), here on the CPU: the scaled backward and the scaler's step
+    give the float32 update of a small conv to fp16 rounding; a gradient that overflows (inf) skips
+    the step and halves the scale, as GradScaler promises."""
+    from plumbing.speed import StepContext
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    nets = [nn.Conv2d(3, 4, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.Adam(n.parameters(), lr=1e-2) for n in nets]
+    fp32, fp16 = StepContext(torch.device("cpu")), StepContext(torch.device("cpu"), True, opts[1:], dtype="fp16")
+    assert fp16.dtype == torch.float16 and len(fp16.scalers) == 1
+    start = nets[0].weight.detach().clone()
+    for ctx, net, opt in ((fp32, nets[0], opts[0]), (fp16, nets[1], opts[1])):
+        for _ in range(3):
+            opt.zero_grad()
+            with ctx.autocast():
+                loss = net(x).float().pow(2).mean()
+            ctx.backward(loss, opt)
+            ctx.step(opt)
+    moved = (nets[0].weight - nets[1].weight).abs().max()
+    assert moved < 1e-3 and (nets[1].weight - start).abs().max() > 1e-2   # 3 steps of lr 1e-2
+    scaler = next(iter(fp16.scalers.values()))
+    scale, before = scaler.get_scale(), nets[1].weight.detach().clone()
+    opts[1].zero_grad()
+    with fp16.autocast():
+        loss = nets[1](x).float().sum() * float("inf")
+    fp16.backward(loss, opts[1])
+    fp16.step(opts[1])
+    assert torch.equal(nets[1].weight, before) and scaler.get_scale() == scale / 2
+
+
+def test_spectral_norm_power_iteration_stays_float32_under_amp(monkeypatch):
+    """Under --amp the power iteration and sigma of every spectral norm run in float32. CUDA's
+    autocast casts torch.mv to the low precision; the CPU's does not, so torch.mv is replaced here by
+    one that does what CUDA's autocast does (casts its inputs to the autocast dtype when autocast is
+    on) and records the dtype it computed in. G's and D's forwards under the step's autocast then
+    must call it only in float32, and give the same spectral norms as without autocast."""
+    from plumbing.speed import StepContext, speed_up
+    real_mv, dtypes = torch.mv, []
+
+    def cuda_like_mv(m, v):
+        if torch.is_autocast_enabled("cpu"):
+            m, v = m.to(torch.get_autocast_dtype("cpu")), v.to(torch.get_autocast_dtype("cpu"))
+        dtypes.append(m.dtype)
+        return real_mv(m, v)
+
+    args = bench.parse_args(BENCH_ARGS + ["--no-fast_upsample", "--no-channels_last", "--amp", "--no-compile"])
+    cpu, sigmas = torch.device("cpu"), []
+    for autocast in (False, True):
+        G, D, _, real = bench.setup(args, cpu)                     # the same networks from seed 0 each time
+        G, D = speed_up(G, D, args, cpu)
+        monkeypatch.setattr(torch, "mv", cuda_like_mv)
+        dtypes.clear()
+        with StepContext(cpu, amp=autocast).autocast():
+            G(torch.zeros(2, NZ))
+            D(real, real)
+            sigmas.append([m.parametrizations.weight.original.norm() / m.weight.norm()
+                           for m in (*G.modules(), *D.modules()) if hasattr(m, "parametrizations")])
+        monkeypatch.setattr(torch, "mv", real_mv)
+        assert len(dtypes) > 50 and set(dtypes) == {torch.float32}, (autocast, set(dtypes))
+    assert len(sigmas[0]) > 20
+    for a, b in zip(*sigmas):
+        assert a.dtype == b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-6), (a, b)
+
+
+def test_fused_adam_on_cuda_except_with_compile():
+    """Adam's fused kernel: on CUDA without --compile only (a compiled backward may give 1x1 conv
+    weight gradients other strides than their weights, which the fused step refuses); never on the
+    CPU, where the plain Adam computes what the authors' step computes. train.make_optimizers asks."""
+    import train
+    from plumbing.speed import fused_adam
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fused_adam(cuda) and not fused_adam(cuda, compile=True) and not fused_adam(cpu)
+    G, D = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 1, 1)         # fused=True Adam is made on CPU weights too
+    for compile, fused in ((False, True), (True, False)):
+        for opt in train.make_optimizers(G, D, 2e-4, cuda, compile):
+            assert bool(opt.defaults["fused"]) == fused and opt.defaults["betas"] == (0.5, 0.999)
+    assert not any(opt.defaults["fused"] for opt in train.make_optimizers(G, D, 2e-4, cpu))
+
+
+def test_deterministic_sets_pytorchs_reproducibility_switches(monkeypatch):
+    """--deterministic: deterministic algorithms (a warning for an op without one), cuDNN
+    deterministic and not autotuned (speed_up leaves benchmark off on CUDA), no TF32, cuBLAS's
+    workspace setting. Without it speed_up turns cuDNN's autotuning on for CUDA. (The switches are
+    global: restored after the test.)"""
+    from plumbing.speed import resolve_speed_flags, speed_up
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cuda = torch.device("cuda")
+    try:
+        for deterministic in (False, True):
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = False, True
+            args = bench.parse_args(BENCH_ARGS + ["--no-fast_upsample", "--no-channels_last", "--no-amp",
+                                                  "--no-compile"] + (["--deterministic"] if deterministic else []))
+            resolve_speed_flags(args, cuda)
+            speed_up(nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), args, cuda)
+            assert torch.backends.cudnn.benchmark == (not deterministic)
+            assert torch.are_deterministic_algorithms_enabled() == deterministic
+            assert torch.is_deterministic_algorithms_warn_only_enabled() == deterministic   # see make_deterministic
+            assert torch.backends.cudnn.allow_tf32 == (not deterministic)
+            assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") == deterministic
+        assert torch.backends.cudnn.deterministic and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=warn_only)
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = saved[1:]
