@@ -40,6 +40,8 @@ again (its scores are read back from its scores.json, or recomputed); a variant 
 continues from its checkpoints/latest.pt (train.py --resume); a variant not started starts. A larger
 --iter continues all four. Refused input (a missing folder, a bad value, an existing run with other
 widths) is one line `ablation.py: error: ...` on stderr and exit status 2, before anything is written.
+A file that cannot be written (a full disk, a read-only folder) is one line naming it, exit status 1;
+every file is written whole or not at all, and the trained variants are kept.
 
 Read top to bottom: 1. the variants, 2. the command line, 3. where each variant stands, 4. training,
 5. measuring (parameters, seconds per iteration, samples and scores), 6. writing the results, 7. main.
@@ -63,6 +65,7 @@ import sample
 import train
 from plumbing.checkpoint import ARCH_KEYS, generator_from_checkpoint, load_checkpoint
 from plumbing.cli import OneLineParser, UsageError, resolve_device
+from plumbing.disk import WriteFailed, atomic_write
 from generator import SUPPORTED_SIZES
 from plumbing.images import load_images, save_grid, to_uint8
 
@@ -298,8 +301,8 @@ def evaluate_variant(run_dir, args, real_uint8, device, may_reuse):
     for which, G, fid in (("raw", G_raw, False), ("ema", G_ema, not args.no_fid)):
         fake = to_uint8(sample.generate(G, z, noise, SAMPLE_BATCH))   # (n, 3, S, S) uint8
         scores[which] = metrics.score(fake, real_uint8, device=str(device), fid=fid)
-    with open(scores_path, "w") as f:
-        json.dump({"key": key, "scores": scores}, f, indent=2, default=float)
+    with atomic_write(scores_path, sync=False) as f:
+        f.write(json.dumps({"key": key, "scores": scores}, indent=2, default=float).encode())
     return scores, grid, False
 
 
@@ -402,14 +405,15 @@ def run(args, command):
               f"{' (scores read from scores.json)' if reused else ''}; elapsed {elapsed()}")
 
     wall = time.time() - t0
-    (root / "table.md").write_text(table_markdown(rows, args, command, wall, len(real)))
+    with atomic_write(root / "table.md", sync=False) as f:
+        f.write(table_markdown(rows, args, command, wall, len(real)).encode())
     save_grid(torch.cat(grids), root / "samples.png", nrow=len(grids[0]))
-    with open(root / "results.json", "w") as f:
-        json.dump({"command": command, "iterations": args.iter, "wall_time_s": wall,
-                   "settings": {k: v for k, v in vars(args).items()}, "n_real": len(real),
-                   "s_per_it": "median over log intervals of d(time)/d(iter), start-up excluded",
-                   "samples_png_rows": [r["variant"] for r in rows], "variants": rows},
-                  f, indent=2, default=float)
+    with atomic_write(root / "results.json", sync=False) as f:
+        f.write(json.dumps({"command": command, "iterations": args.iter, "wall_time_s": wall,
+                            "settings": {k: v for k, v in vars(args).items()}, "n_real": len(real),
+                            "s_per_it": "median over log intervals of d(time)/d(iter), start-up excluded",
+                            "samples_png_rows": [r["variant"] for r in rows], "variants": rows},
+                           indent=2, default=float).encode())
     print(f"ablation: wrote {root / 'table.md'}, {root / 'samples.png'} and {root / 'results.json'}; "
           f"total {elapsed()}")
     print((root / "table.md").read_text(), end="")
@@ -425,6 +429,10 @@ def main(argv=None):
     except UsageError as e:
         print(f"ablation.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         raise SystemExit(2)
+    except WriteFailed as e:    # a full disk, a read-only folder: the trained variants are kept
+        print(f"ablation.py: error: {e}; the trained variants are kept: once it can be written, run the "
+              f"same command again", file=sys.stderr)
+        raise SystemExit(1)
     except KeyboardInterrupt:
         print("\nablation.py: interrupted; run the same command again to continue", file=sys.stderr)
         raise SystemExit(130)

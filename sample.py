@@ -48,7 +48,8 @@ NoiseInjection) is an explicit input, drawn with the latents.
 Everything runs under torch.no_grad() except the inversion, which needs gradients w.r.t. the latent.
 Refused input (a bad checkpoint, --n 0, PSI <= 0 or below 0.01, a folder without images, an --invert
 file that is not an image, ...) is one line `sample.py: error: ...` on stderr and exit status 2, and
-is refused before anything is written.
+is refused before anything is written. A file that cannot be written (a full disk, a read-only
+folder) is one line naming it and the OS error, exit status 1; every file is written whole or not at all.
 """
 
 import argparse
@@ -66,6 +67,7 @@ from plumbing.checkpoint import generator_from_checkpoint, load_checkpoint
 from plumbing.cli import UsageError, resolve_device
 from conditional import make_conditional_generator
 from plumbing.datasets import ensure_dataset
+from plumbing.disk import WriteFailed, atomic_write
 from discriminator import resize_to_128
 from plumbing.images import find_images, load_image, save_grid, to_uint8
 
@@ -352,7 +354,8 @@ def invert(G, target, steps=300, lr=0.05, generator=None, log=None, log_every=50
 def save_png(image, path):
     """One image (3, H, W), float in [-1, 1] or uint8, as a PNG."""
     image = image if image.dtype == torch.uint8 else to_uint8(image[None])[0]
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    with atomic_write(path, sync=False) as f:          # whole or not at all; a failure is WriteFailed
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(f, format="PNG")
 
 
 def save_gif(frames_uint8, path, max_size=GIF_MAX_SIZE, frame_ms=GIF_FRAME_MS):
@@ -360,7 +363,8 @@ def save_gif(frames_uint8, path, max_size=GIF_MAX_SIZE, frame_ms=GIF_FRAME_MS):
     pils = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames_uint8]
     if pils[0].width > max_size:
         pils = [p.resize((max_size, max_size), Image.Resampling.LANCZOS) for p in pils]
-    pils[0].save(path, save_all=True, append_images=pils[1:], duration=frame_ms, loop=0)
+    with atomic_write(path, sync=False) as f:
+        pils[0].save(f, format="GIF", save_all=True, append_images=pils[1:], duration=frame_ms, loop=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -467,8 +471,7 @@ def run(args):
     rows = []
     for y, name in classes:     # every mode, once per class (into OUT/NAME/), or once without classes
         if name is not None:
-            print(f"class {name}:")
-            (out / name).mkdir(exist_ok=True)
+            print(f"class {name}:")           # OUT/NAME/ is made by its first file (disk.atomic_write)
         folder = out if name is None else out / name
         rows.append(write_modes(G, args, folder, y, train_feats, train_paths, target))
     if args.grid and classes[0][1] is not None:
@@ -507,7 +510,6 @@ def write_modes(G, args, out, y, train_feats, train_paths, target):
         keys, key_noise = draw_inputs(G, max(2, args.n), args.seed, psi)
         frames, _ = interpolate(G, keys, slice_noise(key_noise, 0, 1), args.interpolate, bs, y=y)
         frames = to_uint8(frames)                                               # (F, 3, S, S)
-        (out / "interp").mkdir(exist_ok=True)
         for i, f in enumerate(frames):
             save_png(f, out / "interp" / f"{i:06d}.png")
         save_gif(frames, out / "interp.gif")
@@ -532,10 +534,10 @@ def write_modes(G, args, out, y, train_feats, train_paths, target):
                             "distance": float(d[i, 0])})
             print(f"  {i:06d}.png  nearest {records[-1]['nearest']}  distance {float(d[i, 0]):.4f}")
         save_grid(torch.stack(rows), out / "nearest.png", nrow=2)
-        with open(out / "nearest.json", "w") as f:
-            json.dump({"feature": f"pixels at {NEAREST_SIZE}x{NEAREST_SIZE}, values in [-1, 1]",
-                       "distance": "mean squared difference", "data": str(args.nearest),
-                       "samples": records}, f, indent=2)
+        with atomic_write(out / "nearest.json", sync=False) as f:
+            f.write(json.dumps({"feature": f"pixels at {NEAREST_SIZE}x{NEAREST_SIZE}, values in [-1, 1]",
+                                "distance": "mean squared difference", "data": str(args.nearest),
+                                "samples": records}, indent=2).encode())
         print(f"wrote {out / 'nearest.png'} (rows: sample | nearest) and {out / 'nearest.json'}")
 
     # ---- back-tracking ----
@@ -544,7 +546,8 @@ def write_modes(G, args, out, y, train_feats, train_paths, target):
         z_inv, recon, losses = invert(G, target, args.invert_steps, args.invert_lr, g, log=print, y=y)
         save_png(target[0].cpu(), out / "invert_target.png")
         save_png(recon[0].cpu(), out / "invert_recon.png")
-        torch.save(z_inv.cpu(), out / "invert_latent.pt")
+        with atomic_write(out / "invert_latent.pt", sync=False) as f:
+            torch.save(z_inv.cpu(), f)
         print(f"inversion: error {losses[0]:.4f} at the start, {losses[-1]:.4f} after {args.invert_steps} "
               f"steps; wrote invert_target.png, invert_recon.png, invert_latent.pt "
               f"(its noise: draw_inputs(G, 1, {args.seed})[1])")
@@ -557,6 +560,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"sample.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         raise SystemExit(2)
+    except WriteFailed as e:      # no space, no permission, a read-only folder: the file and the OS error
+        print(f"sample.py: error: {e} (the files written before it are complete)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,16 @@ This file is the method, in the paper's order:
   6. the loop: log, grids, checkpoints.
 The machinery around it is in plumbing/ and may be skipped on a first reading: images.py (loading),
 checkpoint.py (atomic saves, exact resume), distributed.py (torchrun), speed.py (options that change
-speed, not results), monitor.py (progress, grids, Ctrl-C, NaN), distances.py (Eq. 2's distances); not
-in the paper, conditional.py (BigGAN's classes and orthogonal regularisation: --classes, --ortho).
+speed, not results), monitor.py (progress, grids, Ctrl-C, NaN), distances.py (Eq. 2's distances),
+disk.py (--keep, a full disk); not in the paper, conditional.py (BigGAN's classes and orthogonal
+regularisation: --classes, --ortho).
 
-A run writes OUT/NAME/ (default runs/<data folder name>/): checkpoints/NNNNNN.pt and latest.pt,
-images/NNNNNN_samples.png and _recons.png, log.jsonl, args.json.
+A run writes OUT/NAME/ (default runs/<data folder name>/): checkpoints/NNNNNN.pt (the newest --keep)
+and latest.pt (the newest), images/NNNNNN_samples.png and _recons.png, log.jsonl, args.json.
 """
 
 import argparse
 import copy
-import json
 import random
 import sys
 from pathlib import Path
@@ -36,6 +36,7 @@ from plumbing.checkpoint import checkpoint_state, load_optimizer_state, resume_s
 from plumbing.cli import OneLineParser, UsageError
 from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
 from plumbing.datasets import ensure_dataset
+from plumbing.disk import DEFAULT_KEEP, WriteFailed, resumable_writes, start_run_folder
 from plumbing.distances import reconstruction_distance
 from diffaug import diff_augment
 from discriminator import Discriminator, crop_quarter, resize_to_128
@@ -75,6 +76,7 @@ def parse_args(argv=None):
     add("--seed", type=int, default=0, help="seed of every random draw of the run")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
     add("--save_every", type=int, default=1000, help="write checkpoints/NNNNNN.pt and latest.pt")
+    add("--keep", type=int, default=DEFAULT_KEEP, help="keep the newest K numbered checkpoints (0: all)")
     add("--sample_every", type=int, default=500, help="write sample and reconstruction grids")
     add("--log_every", type=int, default=20, help="print progress and append to log.jsonl")
     add("--resume", default=None, help="a checkpoint to continue, or 'latest'")
@@ -105,7 +107,7 @@ def check_args(args):
     for flag in ("batch_size", "iter", "nz", "save_every", "sample_every", "log_every", "eval_n"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    for flag in ("recon_weight", "ortho"):
+    for flag in ("recon_weight", "ortho", "keep"):
         if not getattr(args, flag) >= 0:
             raise UsageError(f"--{flag} must be at least 0, got {getattr(args, flag)}")
     if not 0 <= args.ema < 1:
@@ -271,14 +273,13 @@ def train(args):
     n_grid, y_grid = grid_labels(args.class_names, device)         # 16 samples, or a row of 4 per class
     fixed = fixed_inputs(G_ema, n_grid, args.seed, device)         # the grids' latents and noise
     show_real = reals[:8].to(device).float() / 127.5 - 1           # (8, 3, S, S) for the recons grid
-    if is_main:
-        img_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
+    if is_main:       # images/, args.json, and one line: one checkpoint's size, the most the run keeps, the free disk
+        say(start_run_folder(run_dir, args, nets, n_grid))
 
     log = LossLog(run_dir / "log.jsonl" if is_main else None, args.iter, start, device, ckpt_dir / "latest.pt")
     clean, it = False, start
     try:
-        with StopSignal(say, repeat_aborts=world == 1) as stop:
+        with StopSignal(say, repeat_aborts=world == 1) as stop, resumable_writes(ckpt_dir):  # disk full: 1 line
             while it < args.iter:
                 real, y = data.labelled_batch(batch)   # (B, 3, S, S) in [-1, 1], (B,) or None
                 losses = train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y, args.ortho)
@@ -335,7 +336,7 @@ def main(argv=None):
     except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    except Diverged as e:
+    except (Diverged, WriteFailed) as e:     # a loss became NaN, or a write failed: where to resume
         print(f"\ntrain.py: {e}", file=sys.stderr)
         raise SystemExit(1)
 

@@ -13,11 +13,11 @@ trainer needs around it:
   layout of the weights they belong to, so --channels_last may differ between the two runs.
 A class-conditional run (--classes) keeps its class names in the arguments (`args["class_names"]`,
 the sorted subfolder names; None without classes), and a resume on other classes is refused.
-It imports the paper's generator and `cli.UsageError`, nothing else of ours (conditional.py's
-conversion of a generator is handed to `generator_from_checkpoint` by the script that needs it).
+It imports the paper's generator, `cli.UsageError` and disk.py's file writing, nothing else of ours
+(conditional.py's conversion of a generator is handed to `generator_from_checkpoint` by the script
+that needs it).
 """
 
-import os
 import random
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from plumbing.cli import UsageError
+from plumbing.disk import atomic_write, keep_newest, link_or_copy
 from generator import Generator
 
 CHECKPOINT_FORMAT = "fastgan-checkpoint-v1"  # marks a checkpoint as ours
@@ -65,20 +66,11 @@ def _tuples(x):
 
 
 def save_checkpoint(path, state):
-    """Write `state` to `path` atomically: to a temporary file in the same folder, flushed to disk,
-    then renamed over the old one. A crash or a full disk mid-save leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write `state` to `path` atomically (disk.atomic_write): to a temporary file in the same folder,
+    flushed to disk, then renamed over the old one. A crash or a full disk mid-save leaves the previous
+    file intact; a failed write is raised as disk.WriteFailed, naming the file and the OS error."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -110,9 +102,18 @@ def checkpoint_state(G, D, G_ema, opt_G, opt_D, iteration, args, scalers=None):
 
 
 def write_checkpoints(ckpt_dir, state, numbered=True):
-    """checkpoints/NNNNNN.pt (unless not `numbered`) and checkpoints/latest.pt, each written atomically."""
-    for name in ([f"{state['iteration']:06d}.pt"] if numbered else []) + ["latest.pt"]:
-        save_checkpoint(Path(ckpt_dir) / name, state)
+    """checkpoints/NNNNNN.pt (unless not `numbered`) and checkpoints/latest.pt, each written whole.
+    latest.pt is a hard link to the new numbered file (no second write; a copy where the filesystem has
+    no hard links). Once both are in place, the numbered checkpoints older than the newest --keep
+    (the run's `state["args"]["keep"]`; 0: all are kept) are deleted."""
+    latest = Path(ckpt_dir) / "latest.pt"
+    if not numbered:
+        save_checkpoint(latest, state)
+        return
+    path = Path(ckpt_dir) / f"{state['iteration']:06d}.pt"
+    save_checkpoint(path, state)
+    link_or_copy(path, latest)
+    keep_newest(ckpt_dir, state["iteration"], state["args"].get("keep", 0))
 
 
 def load_optimizer_state(opt, state):

@@ -9,7 +9,7 @@ training device (in memory) or decoding a large one from disk every iteration (s
 writing the grids a person looks at. Used by train.py, sample.py, metrics.py, ablation.py and monitor.py.
 With `--classes` (conditional.py) the subfolders of the training folder are the classes, and every
 image carries the index of its class (`class_folders`, `labelled_batch`).
-It imports nothing of ours but `cli.UsageError`.
+It imports nothing of ours but `cli.UsageError` and `disk.atomic_write`.
 """
 
 import math
@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from plumbing.cli import UsageError
+from plumbing.disk import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 STREAM_ABOVE_BYTES = 2 * 2 ** 30   # a set larger than this (as uint8) is streamed, not kept in memory
@@ -287,8 +289,13 @@ def to_uint8(x):
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
-def save_grid(images, path, nrow=8, pad=2):
-    """Save a batch (B, C, H, W) in [-1, 1] (float) or uint8 as one PNG grid of `nrow` columns."""
+def save_grid(images, path, nrow=8, pad=2, max_tile=None):
+    """Save a batch (B, C, H, W) in [-1, 1] (float) or uint8 as one PNG grid of `nrow` columns, each
+    image shrunk to `max_tile` pixels if larger (None: full size). Written whole or not at all; a
+    failed write is disk.WriteFailed, naming the file."""
+    if max_tile is not None and images.shape[-1] > max_tile:      # area: the mean of each pixel block
+        images = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+        images = F.interpolate(images, size=(max_tile, max_tile), mode="area")
     images = images if images.dtype == torch.uint8 else to_uint8(images)
     B, C, H, W = images.shape
     ncol = min(nrow, B)
@@ -297,5 +304,5 @@ def save_grid(images, path, nrow=8, pad=2):
     for i in range(B):
         r, c = divmod(i, ncol)
         grid[:, pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = images[i]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).numpy().squeeze()).save(path)
+    with atomic_write(path) as f:
+        Image.fromarray(grid.permute(1, 2, 0).numpy().squeeze()).save(f, format="PNG")

@@ -9,7 +9,7 @@ needs around it:
 - `StopSignal`: Ctrl-C or a cluster's SIGTERM asks the run to stop after the current iteration and
   save; a second Ctrl-C aborts at once;
 - `save_samples`: the grids of images/ (EMA samples from fixed latents, D's reconstructions).
-It imports the paper's discriminator and images.py, nothing else of ours.
+It imports the paper's discriminator, images.py and disk.py, nothing else of ours.
 """
 
 import json
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from discriminator import crop_quarter, resize_to_128
+from plumbing.disk import SAMPLE_TILE
 from plumbing.images import save_grid, to_uint8
 
 
@@ -132,14 +133,15 @@ def fixed_inputs(G, n, seed, device):
 def save_samples(G_ema, D, fixed, show_real, part, out_dir, iteration, y=None, chunk=16):
     """images/NNNNNN_samples.png: samples of the EMA generator (eval mode) from the fixed latents and
     noise of `fixed_inputs` (and classes `y`, (n,), with --classes), drawn `chunk` at a time so that
-    a grid of many classes needs no more memory than 16 samples. images/NNNNNN_recons.png: each row
-    is one real image at 128x128, D's reconstruction of it (decoder_big), the quarter `part`,
-    decoder_part's reconstruction of that quarter, and decoder_small's reconstruction (§3.2). Draws
-    no random numbers, so looking at a run never changes it."""
+    a grid of many classes needs no more memory than 16 samples; each sample at most disk.SAMPLE_TILE
+    (256) pixels wide, so that a run's grids stay small (full-size samples: sample.py).
+    images/NNNNNN_recons.png: each row is one real image at 128x128, D's reconstruction of it
+    (decoder_big), the quarter `part`, decoder_part's reconstruction of that quarter, and
+    decoder_small's reconstruction (§3.2). Draws no random numbers, so looking at a run never changes it."""
     z, noise = fixed                # from `fixed_inputs`
     img = torch.cat([G_ema(z[i:i + chunk], noise={r: [t[i:i + chunk] for t in ts] for r, ts in noise.items()},
                            y=None if y is None else y[i:i + chunk])[0] for i in range(0, len(z), chunk)])
-    save_grid(img, Path(out_dir) / f"{iteration:06d}_samples.png", nrow=4)
+    save_grid(img, Path(out_dir) / f"{iteration:06d}_samples.png", nrow=4, max_tile=SAMPLE_TILE)
     if D.decoder_big is None:       # --no_recon: nothing to reconstruct
         return
     was_training = D.training

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from plumbing import checkpoint
+from plumbing.disk import WriteFailed
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
@@ -26,7 +27,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match="latest.pt: No space left on device"):
         checkpoint.save_checkpoint(path, {"format": checkpoint.CHECKPOINT_FORMAT, "w": torch.zeros(10)})
     monkeypatch.undo()
     assert torch.equal(checkpoint.load_checkpoint(path)["w"], torch.arange(10.0))
