@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from plumbing.cli import OneLineParser, UsageError, resolve_device
+from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from diffaug import diff_augment
 from discriminator import crop_quarter
 from ema import EMA
@@ -188,7 +188,7 @@ def parse_args(argv=None):
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--nz", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_argument(p)
     p.add_argument("--iters", type=int, default=5, help="timed iterations (of each step with --compare)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

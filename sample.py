@@ -29,7 +29,7 @@ own files, and modes may be combined in one call:
                              invert_target.png, invert_recon.png, invert_latent.pt.
 
 Other flags: --raw (the trained G instead of its EMA copy), --seed (default 0), --batch_size (16),
---device auto|cpu|cuda. The image size, the widths and nz always come from the checkpoint.
+--device auto|cuda|mps|cpu. The image size, the widths and nz always come from the checkpoint.
 
 Classes (a checkpoint trained with --classes, conditional.py):
     --class cat              every mode above for class cat, written to OUT/cat/ (repeatable: one
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from plumbing.checkpoint import generator_from_checkpoint, load_checkpoint
-from plumbing.cli import UsageError, resolve_device
+from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from conditional import make_conditional_generator
 from plumbing.datasets import ensure_dataset
 from discriminator import resize_to_128
@@ -367,20 +367,15 @@ def save_gif(frames_uint8, path, max_size=GIF_MAX_SIZE, frame_ms=GIF_FRAME_MS):
 # Command line
 # ------------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors as one line too (it would print usage first)
-        raise UsageError(message)
-
-
 def parse_args(argv=None):
-    p = _Parser(prog="sample.py", description="Sample from a trained FastGAN checkpoint (see the module docstring).",
+    p = OneLineParser(prog="sample.py", description="Sample from a trained FastGAN checkpoint (see the module docstring).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
     p.add_argument("--out", default="samples", help="folder to write to")
     p.add_argument("--n", type=int, default=16, help="number of images (key latents of --interpolate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents and the injected noise")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
+    add_device_argument(p)
     p.add_argument("--raw", action="store_true", help="use the trained G instead of its EMA copy")
     p.add_argument("--grid", action="store_true", help="also write grid.png")
     p.add_argument("--truncation", type=float, default=None, metavar="PSI",

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 import metrics
 from plumbing.checkpoint import checkpoint_state, resume_state, set_rng_state, write_checkpoints
-from plumbing.cli import OneLineParser, UsageError
+from plumbing.cli import OneLineParser, UsageError, add_device_argument
 from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
 from plumbing.datasets import ensure_dataset
 from diffaug import diff_augment
@@ -72,7 +72,7 @@ def parse_args(argv=None):
     add("--recon_weight", type=float, default=1.0, help="weight of L_recons in D's loss (the authors': 1)")
     add("--ema", type=float, default=0.999, help="long-run decay of the EMA generator (ramped up, see ema.py)")
     add("--seed", type=int, default=0, help="seed of every random draw of the run")
-    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
+    add_device_argument(p)
     add("--save_every", type=int, default=1000, help="write checkpoints/NNNNNN.pt and latest.pt")
     add("--sample_every", type=int, default=500, help="write sample and reconstruction grids")
     add("--log_every", type=int, default=20, help="print progress and append to log.jsonl")
