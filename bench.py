@@ -119,8 +119,11 @@ def make_step(kind, args, device, seed=0):
 
 
 def sync(device):
+    """Wait for the GPU (CUDA or MPS) to finish what was queued, so a timer sees the work itself."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def timed(step, device):
@@ -134,9 +137,12 @@ def timed(step, device):
 def peak_memory_gb(device):
     """CUDA: the most memory tensors ever held. CPU: the process's peak resident set size, read from
     /proc (VmHWM starts afresh in a new program; getrusage's ru_maxrss would start from the RSS of
-    the parent that spawned us) where there is one."""
+    the parent that spawned us) where there is one. MPS keeps no peak: the memory its driver holds for
+    this process after the timed steps (its caching allocator keeps what the steps needed)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2 ** 30
     try:
         with open("/proc/self/status") as f:
             kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
@@ -155,7 +161,7 @@ def step_flops(step):
 
 def matmul_flops_per_s(device, n=None, repeats=5):
     """Median FLOP/s of an n x n float32 matrix product: a practical peak of the device."""
-    n = n or (8192 if device.type == "cuda" else 2048)
+    n = n or (2048 if device.type == "cpu" else 8192)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     times = [timed(lambda: a @ b, device) for _ in range(repeats)]
@@ -210,12 +216,12 @@ def main(argv=None):
         if args.iters < 1 or args.warmup < 0:
             raise UsageError("--iters must be at least 1 and --warmup at least 0")
         device = resolve_device(args.device)
+        resolve_speed_flags(args, device)
     except UsageError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    resolve_speed_flags(args, device)
 
     kinds = ["ours", "baseline"] if args.compare else [args.only]
     made = {k: make_step(k, args, device) for k in kinds}
@@ -239,7 +245,7 @@ def main(argv=None):
         "params_G": n_g, "params_D": n_d, "ngf": args.ngf, "ndf": args.ndf,
         "fast_upsample": args.fast_upsample, "channels_last": args.channels_last, "amp": args.amp,
         "compile": args.compile,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     if not args.no_flops:
