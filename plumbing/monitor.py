@@ -41,7 +41,8 @@ class Progress:
         rate = (it - self.it0) / max(time.time() - self.t0, 1e-9)
         eta = (self.total - it) / rate if rate > 0 else float("inf")
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 360000 else duration(eta) if rate > 0 else "--"
-        line = (f"iter {it}/{self.total}  {rate:.2f} it/s  ETA {eta_s}  "
+        speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/it"   # slow: seconds each
+        line = (f"iter {it}/{self.total}  {speed}  ETA {eta_s}  "
                 f"D real {losses['d_real']:.3f} fake {losses['d_fake']:.3f} recon {losses['recon']:.3f}  "
                 f"G {losses['g']:.3f}")
         print(("\r" + line + "\x1b[K") if self.tty else line, end="" if self.tty else "\n", flush=True)
