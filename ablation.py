@@ -64,7 +64,7 @@ import metrics
 import sample
 import train
 from plumbing.checkpoint import ARCH_KEYS, generator_from_checkpoint, load_checkpoint
-from plumbing.cli import OneLineParser, UsageError, resolve_device
+from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from plumbing.disk import WriteFailed, atomic_write
 from generator import SUPPORTED_SIZES
 from plumbing.images import load_images, save_grid, to_uint8
@@ -115,7 +115,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of every variant's training, and of the samples")
     p.add_argument("--ema", type=float, default=0.999,
                    help="long-run EMA decay passed to train.py (ramped up early in a run: see ema.py)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
+    add_device_argument(p)
     p.add_argument("--n_samples", type=int, default=64, help="samples per variant (raw G and EMA G) to score")
     p.add_argument("--no_fid", action="store_true", help="skip FID/KID (they need pytorch-fid)")
     p.add_argument("--save_every", type=int, default=1000, help="passed to train.py")

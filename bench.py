@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from plumbing.cli import OneLineParser, UsageError, resolve_device
+from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from plumbing.distances import pixel_distance
 from diffaug import diff_augment
 from discriminator import crop_quarter
@@ -124,8 +124,11 @@ def make_step(kind, args, device, seed=0):
 
 
 def sync(device):
+    """Wait for the GPU (CUDA or MPS) to finish what was queued, so a timer sees the work itself."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def timed(step, device):
@@ -139,9 +142,12 @@ def timed(step, device):
 def peak_memory_gb(device):
     """CUDA: the most memory tensors ever held. CPU: the process's peak resident set size, read from
     /proc (VmHWM starts afresh in a new program; getrusage's ru_maxrss would start from the RSS of
-    the parent that spawned us) where there is one."""
+    the parent that spawned us) where there is one. MPS keeps no peak: the memory its driver holds for
+    this process after the timed steps (its caching allocator keeps what the steps needed)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2 ** 30
     try:
         with open("/proc/self/status") as f:
             kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
@@ -209,7 +215,7 @@ def parse_args(argv=None):
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--nz", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_argument(p)
     p.add_argument("--iters", type=int, default=5, help="timed iterations (of each step with --compare)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -232,12 +238,12 @@ def main(argv=None):
         if args.iters < 1 or args.warmup < 0:
             raise UsageError("--iters must be at least 1 and --warmup at least 0")
         device = resolve_device(args.device)
+        resolve_speed_flags(args, device)
     except UsageError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    resolve_speed_flags(args, device)
 
     kinds = ["ours", "baseline"] if args.compare else [args.only]
     made = {k: make_step(k, args, device) for k in kinds}
@@ -262,7 +268,7 @@ def main(argv=None):
         "fast_upsample": args.fast_upsample, "channels_last": args.channels_last, "amp": args.amp,
         "compile": args.compile, "amp_dtype": str(amp_dtype(device, args.amp_dtype))[6:] if args.amp else None,
         "deterministic": args.deterministic,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     if not args.no_flops:

@@ -18,7 +18,7 @@ scores, each from the paper that introduced it; lower is better for all three:
 FID and KID need InceptionV3 features, which come from the optional package pytorch-fid (its weights
 download on first use). Without it, `score` still gives the SWD and says why FID/KID are missing.
 
-    python metrics.py SAMPLES_DIR REAL_DIR [--size 256] [--device auto|cpu|cuda] [--no_fid]
+    python metrics.py SAMPLES_DIR REAL_DIR [--size 256] [--device auto|cuda|mps|cpu] [--no_fid]
 
 prints one JSON line, e.g. {"n_fake": 100, "n_real": 100, "size": 256, "swd": ..., "fid": ..., ...}.
 A class-conditional model (train.py --classes) is scored one class at a time, against that class's
@@ -28,7 +28,6 @@ images: `sample.py --class all --n 100 --out s` writes s/cat/, s/dog/, ..., then
 Read top to bottom: 1. SWD (pyramid, patches, slicing), 2. FID and KID, 3. `score`, 4. the CLI.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plumbing.cli import UsageError
+from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from plumbing.datasets import ensure_dataset
 from plumbing.images import load_images
 
@@ -451,51 +450,37 @@ def score(fake_uint8, real_uint8, device="cpu", fid=True):
 # 4. Command line
 # ------------------------------------------------------------------------------------------------
 
-class _BadArgument(Exception):
-    """A command-line argument we refuse (raised instead of argparse's usage-and-exit)."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints the usage and exits on a bad argument; we want one line and exit code 2 from
-    `main`, like every other refusal, so its error becomes an exception."""
-
-    def error(self, message):
-        raise _BadArgument(message)
-
-
 def main(argv=None):
     """`python metrics.py SAMPLES_DIR REAL_DIR ...`: print one JSON line of scores. Returns the exit
     code: 0, or 2 after one 'metrics.py: error: ...' line on stderr for anything we refuse."""
-    parser = _OneLineParser(prog="metrics.py", description="SWD, FID and KID of generated images "
+    parser = OneLineParser(prog="metrics.py", description="SWD, FID and KID of generated images "
                             "against real ones; prints one JSON line.")
     parser.add_argument("samples_dir", help="folder of generated images")
     parser.add_argument("real_dir", help="folder of real images")
     parser.add_argument("--size", type=int, default=256,
                         help="both sets are resized to SIZE x SIZE (a power of two >= 16; default 256)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where InceptionV3 runs (SWD always runs on the CPU); default auto")
+    add_device_argument(parser, "where InceptionV3 runs (SWD always runs on the CPU); ")
     parser.add_argument("--no_fid", action="store_true", help="skip FID/KID (no pytorch-fid needed)")
     try:
         args = parser.parse_args(argv)
+    except SystemExit as e:        # the parser has printed its one line (or --help), and says the code
+        return e.code
+    try:
         if args.size < SWD_MIN_RESOLUTION or args.size & (args.size - 1):
-            raise _BadArgument(f"--size must be a power of two >= {SWD_MIN_RESOLUTION} "
+            raise UsageError(f"--size must be a power of two >= {SWD_MIN_RESOLUTION} "
                                f"(16, 32, 64, ...), got {args.size}")
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise _BadArgument("--device cuda: CUDA is not available here (use --device cpu)")
+        device = resolve_device(args.device)
 
         def log(message):          # loader and fetch messages go to stderr: stdout holds only the JSON line
             print(message, file=sys.stderr)
 
         if not Path(args.samples_dir).is_dir():            # before any slow loading or fetching
-            raise _BadArgument(f"{args.samples_dir}: no such folder (give a folder of images)")
+            raise UsageError(f"{args.samples_dir}: no such folder (give a folder of images)")
         ensure_dataset(args.real_dir, log=log)  # a folder, or a known dataset name fetched into it
 
         fake = load_images(args.samples_dir, args.size, log=log)     # (N, 3, S, S) uint8
         real = load_images(args.real_dir, args.size, log=log)        # (M, 3, S, S) uint8
-    except (UsageError, _BadArgument) as e:
+    except UsageError as e:
         print(f"metrics.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 

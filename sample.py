@@ -28,8 +28,12 @@ own files, and modes may be combined in one call:
     --invert photo.png       back-tracking (§4.2): optimise a latent so that G reproduces a real image:
                              invert_target.png, invert_recon.png, invert_latent.pt.
 
+Without a checkpoint:
+    --timelapse runs/NAME    runs/NAME/images/progress.gif from the run's sample grids, one frame per
+                             grid, downscaled (the file train.py keeps up to date; plumbing/watch.py).
+
 Other flags: --raw (the trained G instead of its EMA copy), --seed (default 0), --batch_size (16),
---device auto|cpu|cuda. The image size, the widths and nz always come from the checkpoint.
+--device auto|cuda|mps|cpu. The image size, the widths and nz always come from the checkpoint.
 
 Classes (a checkpoint trained with --classes, conditional.py):
     --class cat              every mode above for class cat, written to OUT/cat/ (repeatable: one
@@ -64,12 +68,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from plumbing.checkpoint import generator_from_checkpoint, load_checkpoint
-from plumbing.cli import UsageError, resolve_device
+from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from conditional import make_conditional_generator
 from plumbing.datasets import ensure_dataset
 from plumbing.disk import WriteFailed, atomic_write
 from discriminator import resize_to_128
 from plumbing.images import find_images, load_image, save_grid, to_uint8
+from plumbing.watch import Timelapse
 
 STRIP_PSIS = (2.0, 1.0, 0.7, 0.5, 0.3)  # rows of truncation_strip.png: from "no truncation" to strong
 MIN_PSI = 0.01       # below this every latent is ~0, and rejection sampling needs ~1/PSI rounds
@@ -371,20 +376,17 @@ def save_gif(frames_uint8, path, max_size=GIF_MAX_SIZE, frame_ms=GIF_FRAME_MS):
 # Command line
 # ------------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors as one line too (it would print usage first)
-        raise UsageError(message)
-
-
 def parse_args(argv=None):
-    p = _Parser(prog="sample.py", description="Sample from a trained FastGAN checkpoint (see the module docstring).",
+    p = OneLineParser(prog="sample.py", description="Sample from a trained FastGAN checkpoint (see the module docstring).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
+    p.add_argument("--ckpt", default=None, help="a checkpoint written by train.py (every mode but --timelapse)")
+    p.add_argument("--timelapse", default=None, metavar="RUN_DIR",
+                   help="write RUN_DIR/images/progress.gif from the run's sample grids (no checkpoint needed)")
     p.add_argument("--out", default="samples", help="folder to write to")
     p.add_argument("--n", type=int, default=16, help="number of images (key latents of --interpolate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents and the injected noise")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
+    add_device_argument(p)
     p.add_argument("--raw", action="store_true", help="use the trained G instead of its EMA copy")
     p.add_argument("--grid", action="store_true", help="also write grid.png")
     p.add_argument("--truncation", type=float, default=None, metavar="PSI",
@@ -407,6 +409,8 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Refuse bad values before any work, in one readable line each."""
+    if args.ckpt is None:
+        raise UsageError("--ckpt is required (a checkpoint written by train.py), except with --timelapse RUN_DIR")
     for flag in ("n", "batch_size", "invert_steps"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
@@ -451,7 +455,23 @@ def chosen_classes(G, wanted, ckpt):
     return [(names.index(w), w) for w in dict.fromkeys(wanted)]     # in the order given, once each
 
 
+def write_timelapse(run_dir):
+    """RUN_DIR/images/progress.gif (RUN_DIR may also be the images folder itself) from the sample
+    grids of a run, as train.py writes it (watch.Timelapse). Returns the GIF's path."""
+    img_dir = Path(run_dir) / "images"
+    img_dir = img_dir if img_dir.is_dir() else Path(run_dir)
+    timelapse = Timelapse(img_dir)
+    n = timelapse.update()
+    if n == 0:
+        raise UsageError(f"--timelapse {run_dir}: no sample grids (images/NNNNNN_samples.png) there; "
+                         f"give a run folder written by train.py")
+    print(f"wrote {timelapse.path}: {n} frames, {timelapse.path.stat().st_size / 1024:.0f} KB")
+    return timelapse.path
+
+
 def run(args):
+    if args.timelapse is not None:      # needs no checkpoint, only the run's grids
+        return write_timelapse(args.timelapse)
     check_args(args)
     device = resolve_device(args.device)
     G = load_generator(args.ckpt, args.raw, device)

@@ -11,14 +11,12 @@ This file is the method, in the paper's order:
   4. the losses: D's hinge loss (Eq. 3), the decoders' reconstruction loss (Eq. 2), G's loss (Eq. 4);
   5. one training iteration, `train_step`;
   6. the loop: log, grids, checkpoints.
-The machinery around it is in plumbing/ and may be skipped on a first reading: images.py (loading),
-checkpoint.py (atomic saves, exact resume), distributed.py (torchrun), speed.py (options that change
-speed, not results), monitor.py (progress, grids, Ctrl-C, NaN), distances.py (Eq. 2's distances),
-disk.py (--keep, a full disk); not in the paper, conditional.py (BigGAN's classes and orthogonal
-regularisation: --classes, --ortho).
+The machinery around it is in plumbing/ (its __init__.py lists it) and may be skipped on a first
+reading; not in the paper, conditional.py (BigGAN's classes and orthogonal regularisation).
 
 A run writes OUT/NAME/ (default runs/<data folder name>/): checkpoints/NNNNNN.pt (the newest --keep)
-and latest.pt (the newest), images/NNNNNN_samples.png and _recons.png, log.jsonl, args.json.
+and latest.pt (the newest), images/NNNNNN_samples.png, _recons.png and progress.gif, log.jsonl,
+args.json (tensorboard/ with --tensorboard).
 """
 
 import argparse
@@ -33,7 +31,7 @@ import torch.nn.functional as F
 
 import metrics
 from plumbing.checkpoint import checkpoint_state, load_optimizer_state, resume_state, set_rng_state, write_checkpoints
-from plumbing.cli import OneLineParser, UsageError
+from plumbing.cli import OneLineParser, UsageError, add_device_argument
 from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
 from plumbing.datasets import ensure_dataset
 from plumbing.disk import DEFAULT_KEEP, WriteFailed, resumable_writes, start_run_folder
@@ -46,6 +44,7 @@ from generator import SUPPORTED_SIZES, Generator
 from plumbing.images import class_folders, training_data
 from plumbing.monitor import Diverged, LossLog, StopSignal, fixed_inputs, sample_uint8, save_samples
 from plumbing.speed import StepContext, add_speed_arguments, fused_adam, resolve_speed_flags, speed_up
+from plumbing.watch import require_tensorboard
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,11 +73,12 @@ def parse_args(argv=None):
         "distance the term is on another scale than the authors' LPIPS at their weight 1")
     add("--ema", type=float, default=0.999, help="long-run decay of the EMA generator (ramped up, see ema.py)")
     add("--seed", type=int, default=0, help="seed of every random draw of the run")
-    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
+    add_device_argument(p)
     add("--save_every", type=int, default=1000, help="write checkpoints/NNNNNN.pt and latest.pt")
     add("--keep", type=int, default=DEFAULT_KEEP, help="keep the newest K numbered checkpoints (0: all)")
     add("--sample_every", type=int, default=500, help="write sample and reconstruction grids")
-    add("--log_every", type=int, default=20, help="print progress and append to log.jsonl")
+    add("--log_every", type=int, default=20, help="print progress and append to log.jsonl (and after iteration 1)")
+    add("--tensorboard", action="store_true", help="losses, scores, grids for TensorBoard (pip install tensorboard)")
     add("--resume", default=None, help="a checkpoint to continue, or 'latest'")
     add("--eval_every", type=int, default=0, help="score EMA samples against the training images every "
         "N iterations (0: never)")
@@ -112,6 +112,8 @@ def check_args(args):
             raise UsageError(f"--{flag} must be at least 0, got {getattr(args, flag)}")
     if not 0 <= args.ema < 1:
         raise UsageError(f"--ema must be in [0, 1), got {args.ema}")
+    if args.tensorboard:
+        require_tensorboard()      # the optional package, or one line and exit 2 before any work
     ensure_dataset(args.path)      # a folder, or a known dataset name fetched into it; else refused
     args.class_names = class_folders(args.path) if args.classes else None    # sorted subfolder names
     if args.classes and args.eval_every:
@@ -276,7 +278,7 @@ def train(args):
     if is_main:       # images/, args.json, and one line: one checkpoint's size, the most the run keeps, the free disk
         say(start_run_folder(run_dir, args, nets, n_grid))
 
-    log = LossLog(run_dir / "log.jsonl" if is_main else None, args.iter, start, device, ckpt_dir / "latest.pt")
+    log = LossLog(run_dir if is_main else None, args, start, device)   # progress, log.jsonl, watch.py's
     clean, it = False, start
     try:
         with StopSignal(say, repeat_aborts=world == 1) as stop, resumable_writes(ckpt_dir):  # disk full: 1 line
@@ -288,7 +290,7 @@ def train(args):
                     ema.update(it)
                 log.add(losses, it)
 
-                at_log = it % args.log_every == 0 or it == args.iter
+                at_log = it % args.log_every == 0 or it in (start + 1, args.iter)    # a first line at once
                 at_save = it % args.save_every == 0 or it == args.iter
                 at_sample = it % args.sample_every == 0 or it == args.iter
                 at_eval = args.eval_every and it % args.eval_every == 0
@@ -303,12 +305,10 @@ def train(args):
                     recompute_batchnorm_statistics(G_ema, batch, 16 * world, seed=args.seed, classes=n_classes)
                 if is_main and at_sample:
                     save_samples(G_ema, unwrap(D), fixed, show_real, (it // args.sample_every) % 4, img_dir, it, y_grid)
+                    log.add_grids(it)                      # a frame of images/progress.gif; TensorBoard
                 if is_main and at_eval:
                     fakes = sample_uint8(G_ema, args.eval_n, args.seed + 1)        # (n, 3, S, S) uint8
-                    scores = metrics.score(fakes, reals, device=str(device))
-                    log.write(it, {"iter": it, "eval": scores})
-                    say(f"\neval at iteration {it}: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in scores.items() if k in ("swd", "fid", "kid") and v is not None))
+                    log.evaluated(it, metrics.score(fakes, reals, device=str(device)))  # log, a line, TensorBoard
                 if is_main and at_save:
                     write_checkpoints(ckpt_dir, checkpoint_state(*nets, opt_G, opt_D, it, args, ctx.state_dict()))
                 if agree(stop.requested, world):

@@ -10,6 +10,7 @@ images (the authors' data augmentation) and distances.py (the distance inside Eq
     distributed.py  several GPUs with torchrun
     speed.py        options that change speed, not what is learned
     monitor.py      progress lines, grids, Ctrl-C, a loss that turns NaN
+    watch.py        the CPU hint of the first minute, the timelapse GIF, TensorBoard
 
 The method itself is at the top level: sle.py, generator.py, discriminator.py, diffaug.py, ema.py,
 and train.py's loop.

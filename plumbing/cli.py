@@ -23,10 +23,33 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# The devices --device accepts, and the order in which `auto` tries them: an NVIDIA GPU, then the
+# GPU of an Apple-silicon Mac (PyTorch's MPS backend), then the CPU, which is always there.
+DEVICE_ORDER = ("cuda", "mps", "cpu")
+DEVICE_NAMES = {"cuda": "no CUDA device (NVIDIA GPU) is available",
+                "mps": "PyTorch's MPS backend (the GPU of an Apple-silicon Mac) is not available"}
+
+
+def add_device_argument(parser, where=""):
+    """The one --device flag of every script: auto, cuda, mps or cpu (see `resolve_device`)."""
+    parser.add_argument("--device", choices=("auto", *DEVICE_ORDER), default="auto",
+                        help=f"{where}auto: CUDA if present, else Apple's MPS, else the CPU")
+
+
+def device_available(name):
+    """Whether PyTorch can run on device type `name` here."""
+    if name == "cuda":
+        return torch.cuda.is_available()
+    if name == "mps":
+        return torch.backends.mps.is_available()
+    return name == "cpu"
+
+
 def resolve_device(name):
-    """'auto' -> CUDA when present, else the CPU; 'cuda' without a GPU is refused."""
+    """'auto' -> the first available of CUDA, MPS, CPU; a device asked for by name that is not
+    available here is refused (UsageError), never silently replaced by another."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        return torch.device(next(d for d in DEVICE_ORDER if device_available(d)))
+    if not device_available(name):
+        raise UsageError(f"--device {name}: {DEVICE_NAMES[name]} here (use --device cpu or auto)")
     return torch.device(name)

@@ -24,6 +24,8 @@ def setup_distributed(device_name, batch_size):
     device = resolve_device(device_name)
     if world == 1:
         return 0, 1, device
+    if device.type == "mps":
+        raise UsageError("torchrun with --device mps: a Mac has one MPS device; run python train.py instead")
     if batch_size % world:
         raise UsageError(f"--batch_size {batch_size} is the batch of all {world} processes together "
                          f"and must be divisible by {world}")

@@ -5,11 +5,12 @@ A reader of the paper may skip this file. It holds no part of the method, only w
 needs around it:
 - `Progress`: one line with the iteration, speed, time left and the mean losses since the last line;
 - `LossLog`: losses summed on the device (reading a GPU number makes the host wait, so that happens
-  once per --log_every iterations), the first iteration whose loss was NaN or inf, and log.jsonl;
+  once per --log_every iterations), the first iteration whose loss was NaN or inf, log.jsonl, and
+  what watch.py adds (the CPU hint, images/progress.gif, TensorBoard);
 - `StopSignal`: Ctrl-C or a cluster's SIGTERM asks the run to stop after the current iteration and
   save; a second Ctrl-C aborts at once;
 - `save_samples`: the grids of images/ (EMA samples from fixed latents, D's reconstructions).
-It imports the paper's discriminator, images.py and disk.py, nothing else of ours.
+It imports the paper's discriminator, images.py, disk.py and watch.py, nothing else of ours.
 """
 
 import json
@@ -23,6 +24,7 @@ import torch
 from discriminator import crop_quarter, resize_to_128
 from plumbing.disk import SAMPLE_TILE
 from plumbing.images import save_grid, to_uint8
+from plumbing.watch import Watch, duration
 
 
 class Diverged(Exception):
@@ -39,8 +41,9 @@ class Progress:
     def show(self, it, losses):
         rate = (it - self.it0) / max(time.time() - self.t0, 1e-9)
         eta = (self.total - it) / rate if rate > 0 else float("inf")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 360000 else "--"
-        line = (f"iter {it}/{self.total}  {rate:.2f} it/s  ETA {eta_s}  "
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 360000 else duration(eta) if rate > 0 else "--"
+        speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/it"   # slow: seconds each
+        line = (f"iter {it}/{self.total}  {speed}  ETA {eta_s}  "
                 f"D real {losses['d_real']:.3f} fake {losses['d_fake']:.3f} recon {losses['recon']:.3f}  "
                 f"G {losses['g']:.3f}")
         print(("\r" + line + "\x1b[K") if self.tty else line, end="" if self.tty else "\n", flush=True)
@@ -53,12 +56,15 @@ class Progress:
 
 class LossLog:
     """Sums the step's losses on the device; `write` turns the means into a progress line and a row
-    of log.jsonl. Every process records its first NaN/inf iteration (`first_bad`, -1 for none)."""
+    of log.jsonl. Every process records its first NaN/inf iteration (`first_bad`, -1 for none).
+    `run_dir` is the run folder on rank 0 (None on the other processes, which only sum): there it
+    also keeps a watch.Watch (the CPU hint after the first line, progress.gif, TensorBoard)."""
 
-    def __init__(self, path, total, start, device, checkpoint):
-        self.file = open(path, "a") if path is not None else None
-        self.progress = Progress(total, start) if path is not None else None
-        self.checkpoint = checkpoint
+    def __init__(self, run_dir, args, start, device):
+        self.file = open(Path(run_dir) / "log.jsonl", "a") if run_dir is not None else None
+        self.progress = Progress(args.iter, start) if run_dir is not None else None
+        self.watch = Watch(args, device, run_dir, start) if run_dir is not None else None
+        self.checkpoint = Path(run_dir or ".") / "checkpoints" / "latest.pt"
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.totals, self.count = None, 0
 
@@ -87,14 +93,30 @@ class LossLog:
             rate = self.progress.show(it, means)
             row = {"iter": it, "time": round(time.time() - self.progress.t0, 3), "it_per_s": round(rate, 4),
                    **means}
+            self.watch.logged(it, means, rate, self.progress.tty)
         if self.file is not None:
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()
+
+    def evaluated(self, it, scores):
+        """metrics.score's scores at iteration `it`: a row of log.jsonl, a line, TensorBoard (rank 0)."""
+        if self.file is not None:
+            self.write(it, {"iter": it, "eval": scores})
+            print(f"\neval at iteration {it}: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in scores.items() if k in ("swd", "fid", "kid") and v is not None))
+            self.watch.evaluated(it, scores)
+
+    def add_grids(self, it):
+        """The grids of iteration `it` were written: progress.gif and TensorBoard take them (rank 0)."""
+        if self.watch is not None:
+            self.watch.sampled(it)
 
     def close(self):
         if self.file is not None:
             self.progress.close()
             self.file.close()
+            self.watch.close()
+            self.file = None
 
 
 class StopSignal:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 
 from generator import UpBlock, UpBlockComp
+from plumbing.cli import UsageError
 
 # None on the command line means the device's default. On the CPU (2 cores, no bf16 units): the fold
 # makes the step about 25% faster at 256x256, ngf 64; bf16 autocast was ~15x slower (emulated);
@@ -44,6 +45,8 @@ SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": False, "amp": False, "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
 }
+# Apple's MPS (written for it, never measured on it by this project): every option off.
+SPEED_DEFAULTS["mps"] = dict.fromkeys(SPEED_DEFAULTS["cuda"], False)
 
 
 def add_speed_arguments(parser):
@@ -66,6 +69,8 @@ def resolve_speed_flags(args, device):
     for flag, default in SPEED_DEFAULTS[device.type].items():
         if getattr(args, flag, None) is None:
             setattr(args, flag, default)
+    if args.amp and not torch.amp.is_autocast_available(device.type):   # MPS: PyTorch 2.5 or newer
+        raise UsageError(f"--amp: this PyTorch has no autocast on {device.type}; drop --amp (or update PyTorch)")
     if getattr(args, "deterministic", False):
         make_deterministic()
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from plumbing import checkpoint
+from plumbing import checkpoint, watch
 import train
 from tests.helpers import TINY, make_images, run_train
 
@@ -42,7 +42,14 @@ def test_train_writes_checkpoints_images_log_and_args(tiny_run):
     _, _, run = tiny_run
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt", "latest.pt"]
     assert sorted(p.name for p in (run / "images").iterdir()) == [
-        "000002_recons.png", "000002_samples.png", "000004_recons.png", "000004_samples.png"]
+        "000002_recons.png", "000002_samples.png", "000004_recons.png", "000004_samples.png", "progress.gif"]
+    # The timelapse: one frame per sample grid, in order, each the grid downscaled (watch.Timelapse).
+    with Image.open(run / "images" / "progress.gif") as gif:
+        assert gif.n_frames == 2 and gif.width == watch.FRAME_WIDTH
+        for i, it in enumerate((2, 4)):
+            gif.seek(i)
+            want = watch.Timelapse(run / "images").frame(run / "images" / f"{it:06d}_samples.png")
+            assert np.array_equal(np.asarray(gif.convert("RGB")), np.asarray(want.convert("RGB"))), it
     with Image.open(run / "images" / "000004_samples.png") as im:
         assert im.size == (4 * 130 + 2, 4 * 130 + 2)          # 16 samples, 4 per row, 128 px + 2 px gaps
     with Image.open(run / "images" / "000004_recons.png") as im:
@@ -84,6 +91,8 @@ def test_resume_is_bit_exact(tiny_run, capsys):
     out = root / "resumed"
     common = ["--path", str(data), "--out", str(out), "--save_every", "2", "--sample_every", "2", *TINY]
     assert run_train([*common, "--iter", "2"], capsys)[0] == 0
+    with Image.open(out / "data" / "images" / "progress.gif") as gif:
+        assert gif.n_frames == 1                                   # the grid of iteration 2
     code, stdout, _ = run_train([*common, "--iter", "4", "--resume", "latest"], capsys)
     assert code == 0 and "resumed from iteration 2" in stdout
     a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
@@ -100,6 +109,9 @@ def test_resume_is_bit_exact(tiny_run, capsys):
     assert any(not torch.equal(a["G"][k], a["G_ema"][k]) for k in a["G"] if k.endswith("running_mean"))
     grid = "images/000004_samples.png"
     assert (run / grid).read_bytes() == (out / "data" / grid).read_bytes()
+    # The timelapse after the resume holds the frames of both parts: the one-go run's GIF, byte for byte.
+    gif = "images/progress.gif"
+    assert (run / gif).read_bytes() == (out / "data" / gif).read_bytes()
 
 
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,187 @@
+"""Tests of what a person sees of a run (plumbing/watch.py): the first progress line after iteration 1,
+the hint when a GPU setting landed on the CPU, the timelapse images/progress.gif (also from
+`sample.py --timelapse`), and the optional TensorBoard files.
+
+    python -m pytest -q tests/test_watch.py
+
+The timelapse's frame count and its survival of --resume are checked on test_train.py's runs.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sample
+from plumbing import cli, watch
+from tests.helpers import TINY, make_images, run_train
+
+
+def _args(im_size=1024, ngf=64, ndf=64, device="auto", path="data/panda", iters=50000):
+    return argparse.Namespace(im_size=im_size, ngf=ngf, ndf=ndf, device=device, path=path, iter=iters)
+
+
+def _no_gpu(monkeypatch):
+    """`--device auto` finds the CPU on any machine. (cli's check is replaced, not torch's: training
+    imports parts of torch that read torch.cuda.is_available's own attributes.)"""
+    monkeypatch.setattr(cli, "device_available", lambda name: name == "cpu")
+
+
+# -- the first minute on a CPU --
+
+def test_cpu_hint_for_a_gpu_setting_that_landed_on_the_cpu():
+    """The paper's setting found only a CPU: one line with the time per iteration, the time of the run
+    and the README's CPU command with the user's --path. None for the CPU setting, for --device cpu
+    chosen explicitly, and on a GPU."""
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    hint = watch.cpu_hint(_args(path="my data"), cpu, 22.0, 49999)
+    assert hint.startswith("hint: ") and "\n" not in hint
+    assert "1024x1024 with widths 64/64" in hint and "22.0 s per iteration" in hint
+    assert "about 12 days 17 h for the 49,999 iterations left" in hint         # 22 s x 49,999 = 12.7 days
+    assert hint.endswith("For a CPU: python train.py --path 'my data' --im_size 128 --ngf 32 --ndf 32 --device cpu")
+    # A setting is meant for a GPU from size 256, or with a width over 32.
+    assert watch.cpu_hint(_args(im_size=256, ngf=32, ndf=32), cpu, 3.0, 10) is not None
+    assert watch.cpu_hint(_args(im_size=128, ngf=32, ndf=48), cpu, 3.0, 10) is not None
+    assert watch.cpu_hint(_args(im_size=128, ngf=32, ndf=32), cpu, 3.0, 10) is None
+    # The user asked for the CPU: no hint, whatever the setting; a GPU: no hint.
+    assert watch.cpu_hint(_args(device="cpu"), cpu, 22.0, 10) is None
+    assert watch.cpu_hint(_args(im_size=128, ngf=32, ndf=32, device="cpu"), cpu, 1.0, 10) is None
+    assert watch.cpu_hint(_args(), cuda, 0.2, 10) is None and watch.cpu_hint(_args(), mps, 1.0, 10) is None
+
+
+def test_duration_reads_at_a_glance():
+    assert [watch.duration(s) for s in (0.4, 45, 725, 12000, 1_100_000)] == [
+        "0 s", "45 s", "12 min 05 s", "3 h 20 min", "12 days 17 h"]
+
+
+def _lines(out):
+    return [line for line in out.splitlines() if line.startswith(("iter ", "hint: "))]
+
+
+def test_first_progress_line_after_iteration_one_then_the_hint(tmp_path, capsys, monkeypatch):
+    """With --log_every 20 the first progress line still comes after iteration 1, and (a GPU setting,
+    --device auto, no GPU) the hint follows it once, with the seconds that line measured. The same
+    run with --device cpu has no hint. The tiny networks count as a GPU setting here: GPU_WIDTH is
+    lowered to 4, as a real GPU setting takes minutes per run on a CPU."""
+    _no_gpu(monkeypatch)
+    monkeypatch.setattr(watch, "GPU_WIDTH", 4)
+    data = make_images(tmp_path / "data", n=2)
+    common = ["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "2", "--sample_every", "100",
+              "--save_every", "100", *TINY, "--log_every", "20"]
+    code, out, err = run_train([*common, "--device", "auto"], capsys)
+    assert code == 0, err
+    lines = _lines(out)
+    assert [line.split()[0] + " " + line.split()[1] for line in lines] == ["iter 1/2", "hint: no", "iter 2/2"], out
+    assert lines[1].endswith(f"For a CPU: python train.py --path {data} --im_size 128 --ngf 32 --ndf 32 --device cpu")
+    seconds = float(re.search(r"([\d.]+) s per iteration", lines[1]).group(1))
+    speed = re.search(r"([\d.]+) (it/s|s/it)", lines[0])               # under 1 it/s, seconds each
+    if speed.group(2) == "s/it":
+        assert float(speed.group(1)) == seconds
+    else:
+        assert abs(seconds - 1 / float(speed.group(1))) <= 0.06, (speed.group(0), seconds)
+    assert "for the 1 iterations left" in lines[1]
+    code, out, err = run_train([*common, "--device", "cpu", "--name", "explicit"], capsys)
+    assert code == 0, err
+    assert [line.split()[1] for line in _lines(out)] == ["1/2", "2/2"], out       # no hint
+
+
+# -- the timelapse --
+
+def _grids(folder, colours, width=522):
+    """Sample grids NNNNNN_samples.png of one flat colour each, beside a recons grid and other files."""
+    folder.mkdir(parents=True)
+    for it, colour in colours.items():
+        Image.new("RGB", (width, width), colour).save(folder / f"{it:06d}_samples.png")
+        Image.new("RGB", (652, 522), (255, 255, 255)).save(folder / f"{it:06d}_recons.png")
+    (folder / "notes.txt").write_text("not a grid")
+    return folder
+
+
+def _frames(path):
+    with Image.open(path) as gif:
+        frames = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            frames.append((np.asarray(gif.convert("RGB"))[0, 0].tolist(), gif.info["duration"], gif.size))
+        return frames
+
+
+def test_sample_timelapse_builds_the_gif_of_a_run_folder(tmp_path, capsys):
+    """`sample.py --timelapse RUN_DIR`: one frame per sample grid in iteration order (1000 after 500,
+    not before it), the recons grids left out, the last frame held longest, 256 pixels wide."""
+    red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    _grids(tmp_path / "run" / "images", {1000: blue, 500: green, 0: red})
+    sample.main(["--timelapse", str(tmp_path / "run")])
+    assert "3 frames" in capsys.readouterr().out
+    frames = _frames(tmp_path / "run" / "images" / "progress.gif")
+    assert [f[0] for f in frames] == [list(red), list(green), list(blue)]
+    assert [f[1] for f in frames] == [watch.FRAME_MS, watch.FRAME_MS, watch.LAST_FRAME_MS]
+    assert all(f[2] == (watch.FRAME_WIDTH, watch.FRAME_WIDTH) for f in frames)
+    # A folder without grids: one line, exit 2.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--timelapse", str(tmp_path / "empty")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "no sample grids" in err
+
+
+def test_timelapse_keeps_frames_small_and_rebuilds_after_a_resume(tmp_path):
+    """A 1024x1024 run's grid (4106 pixels) becomes a FRAME_WIDTH frame; `update(upto=it)` leaves out
+    the grids an earlier attempt wrote after `it`, and re-reads the grid of `fresh`."""
+    folder = _grids(tmp_path / "images", {2: (10, 10, 10), 4: (20, 20, 20), 6: (30, 30, 30)}, width=4106)
+    tl = watch.Timelapse(folder)
+    assert tl.update(upto=4) == 2 and [f[0][0] for f in _frames(tl.path)] == [10, 20]
+    Image.new("RGB", (4106, 4106), (90, 90, 90)).save(folder / "000004_samples.png")   # redrawn after resume
+    assert tl.update(upto=4) == 2 and [f[0][0] for f in _frames(tl.path)] == [10, 20]  # kept: not fresh
+    assert tl.update(upto=4, fresh=4) == 2 and [f[0][0] for f in _frames(tl.path)] == [10, 90]
+    assert tl.update() == 3 and _frames(tl.path)[0][2] == (watch.FRAME_WIDTH, watch.FRAME_WIDTH)
+    assert not list(folder.glob("*.tmp"))
+
+
+# -- TensorBoard --
+
+def test_tensorboard_missing_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """Without the tensorboard package, --tensorboard is refused (exit 2, one line naming the pip
+    command) before the run folder is made."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)    # `import` of it fails
+    data = make_images(tmp_path / "data", n=2)
+    code, _, err = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "1",
+                              "--tensorboard", *TINY], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "pip install tensorboard" in lines[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tensorboard_holds_each_loss_speed_score_and_both_grids(tmp_path, capsys):
+    """A run with --tensorboard: its event file, read back with TensorBoard's own reader, holds every
+    loss term and it/s at each progress line (the values of log.jsonl), the evaluation's SWD, and
+    the sample and reconstruction grids at the size of their PNGs."""
+    pytest.importorskip("tensorboard", reason="the optional tensorboard package is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    data = make_images(tmp_path / "data", n=2)
+    code, _, err = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "2",
+                              "--sample_every", "2", "--eval_every", "2", "--eval_n", "4", "--tensorboard", *TINY],
+                             capsys)
+    assert code == 0, err
+    run = tmp_path / "runs" / "data"
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    for name in ("d_real", "d_fake", "recon", "g"):
+        got = [(e.step, e.value) for e in acc.Scalars(f"loss/{name}")]
+        want = [(r["iter"], r[name]) for r in rows if "eval" not in r]
+        assert [s for s, _ in got] == [1, 2] and np.allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
+    assert [e.step for e in acc.Scalars("speed/it_per_s")] == [1, 2]
+    assert all(e.value > 0 for e in acc.Scalars("speed/it_per_s"))
+    swd = [r["eval"]["swd"] for r in rows if "eval" in r]
+    assert [(e.step, round(e.value, 3)) for e in acc.Scalars("eval/swd")] == [(2, round(swd[0], 3))]
+    assert {"eval/swd_per_level/128", "eval/swd_per_level/16"} <= set(acc.Tags()["scalars"])
+    for kind in ("samples", "recons"):
+        (image,) = acc.Images(f"grids/{kind}")
+        with Image.open(run / "images" / f"000002_{kind}.png") as png:
+            assert image.step == 2 and (image.width, image.height) == png.size
