@@ -516,6 +516,8 @@ def table_markdown(rows, diffs, args, command, wall_s, n_real):
                 lines.append(f"| {r['variant']} | {run['seed']} | "
                              + " | ".join(_num(m[k], fmt) for k, _, fmt in MEASURES) + " |")
         lines += ["", "## Differences beyond the spread", "", f"Rule: {SPREAD_RULE}.", ""]
+        if len(rows) < 2:
+            lines.append("- one row: no pair to compare")
         for key, label, fmt in MEASURES:
             found = [d for d in diffs if d["measure"] == key]
             if not found:
@@ -524,7 +526,7 @@ def table_markdown(rows, diffs, args, command, wall_s, n_real):
                       f"{_cell(*d['higher_mean_std'], fmt)}" for d in found if d["beyond_spread"]]
             lines.append(f"- {label}: " + ("; ".join(beyond) if beyond else "none")
                          + f" ({len(beyond)} of {len(found)} pairs beyond the spread)")
-    lines += ["", f"samples.png: EMA generator; one block of {len(rows)} rows per seed (seeds {seeds}), "
+    lines += ["", f"samples.png: EMA generator; one block of {len(rows)} row(s) per seed (seeds {seeds}), "
                   f"in each block the rows {', '.join(r['variant'] for r in rows)} top to bottom; within "
                   "a block, column j is the same latent and noise in every row."]
     return "\n".join(lines) + "\n"
