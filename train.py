@@ -69,7 +69,7 @@ def parse_args(argv=None):
     add("--policy", default="color,translation", help="DiffAugment policy ('' for none)")
     add("--recon", choices=("mse", "l1", "lpips"), default="mse", help="per-image distance of L_recons "
         "(Eq. 2): pixels, or the authors' LPIPS (pip install lpips; VGG weights download on first use)")
-    add("--recon_weight", type=float, default=1.0, help="L_recons' weight in D's loss (1 as in Eq. 3; docs/ablation.md)")
+    add("--recon_weight", type=float, default=1.0, help="weight of L_recons (1, as in Eq. 3; docs/ablation.md)")
     add("--ema", type=float, default=0.999, help="long-run decay of the EMA generator (ramped up, see ema.py)")
     add("--seed", type=int, default=0, help="seed of every random draw of the run")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present")
