@@ -191,7 +191,7 @@ def test_writes_table_samples_and_results(ablation_run, one_thread):
     grid = np.asarray(Image.open(run["dir"] / "samples.png").convert("RGB"))
     assert grid.shape == (4 * CELL + 2, 3 * CELL + 2, 3)     # 4 rows of n_samples = 3
     for row, v in enumerate(VARIANTS):
-        G = sample.load_generator(run["dir"] / v / "checkpoints" / "latest.pt", log=lambda m: None)
+        G = sample.load_generator(run["dir"] / v / "seed0" / "checkpoints" / "latest.pt", log=lambda m: None)
         expected = to_uint8(sample.generate(G, *sample.draw_inputs(G, 3, 0)))   # (3, 3, 128, 128)
         for col in range(3):
             y, x = 2 + row * CELL, 2 + col * CELL
@@ -203,7 +203,7 @@ def test_writes_table_samples_and_results(ablation_run, one_thread):
         assert r["variant"] == v and r["iteration"] == 2 and r["s_per_it"] > 0
         assert np.isfinite(r["scores"]["raw"]["swd"]) and np.isfinite(r["scores"]["ema"]["swd"])
     for k, v in enumerate(VARIANTS, 1):
-        assert f"[{k}/4] {v}" in run["out"] and f"ablation-data/{v}/checkpoints" in run["out"]
+        assert f"[{k}/4] {v}" in run["out"] and f"ablation-data/{v}/seed0/checkpoints" in run["out"]
     assert run["out"].count("training from scratch") == 4 and run["out"].count("done: 2 iterations") == 4
 
 
@@ -211,7 +211,7 @@ def test_checkpoints_sample_in_sample_py(ablation_run, tmp_path, one_thread):
     """Each variant is an ordinary train.py run: its checkpoint is at iteration 2, has the variant's
     flags, and sample.py draws images from it."""
     for v in VARIANTS:
-        ckpt = ablation_run["dir"] / v / "checkpoints" / "latest.pt"
+        ckpt = ablation_run["dir"] / v / "seed0" / "checkpoints" / "latest.pt"
         state = checkpoint.load_checkpoint(ckpt)
         assert state["iteration"] == 2
         assert (state["args"]["no_sle"], state["args"]["no_recon"]) == FLAGS[v]
@@ -230,7 +230,7 @@ def test_resumes_where_it_stopped(ablation_run, tmp_path, one_thread):
     argv = [*ablation_run["argv"]]
     argv[argv.index("--out") + 1] = str(runs)
     root = runs / "ablation-data"
-    mtimes = {p: p.stat().st_mtime_ns for p in root.glob("*/checkpoints/*.pt")}
+    mtimes = {p: p.stat().st_mtime_ns for p in root.glob("*/seed0/checkpoints/*.pt")}
     assert len(mtimes) == 8                                   # 000002.pt and latest.pt of 4 variants
 
     code, out, err = run_train(argv, main=ablation.main)
@@ -238,17 +238,17 @@ def test_resumes_where_it_stopped(ablation_run, tmp_path, one_thread):
     assert out.count("skipped, already done") == 4
     assert "training from scratch" not in out and "resuming from" not in out and "resumed from" not in out
     assert "iter 1/2" not in out
-    assert {p: p.stat().st_mtime_ns for p in root.glob("*/checkpoints/*.pt")} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*/seed0/checkpoints/*.pt")} == mtimes
     assert len(table_rows((root / "table.md").read_text())) == 4
 
     shutil.rmtree(root / "baseline")                          # not started
     argv[argv.index("--iter") + 1] = "3"                      # the three others: part way
     code, out, err = run_train(argv, main=ablation.main)
     assert code == 0, err
-    assert "[1/4] baseline (SLE no, decoders no): training from scratch to iteration 3" in out
+    assert "[1/4] baseline, seed 0 (SLE no, decoders no): training from scratch to iteration 3" in out
     assert out.count("resuming from iteration 2 to 3") == 3 and out.count("resumed from iteration 2") == 3
     for v in VARIANTS:
-        assert checkpoint.load_checkpoint(root / v / "checkpoints" / "latest.pt")["iteration"] == 3, v
+        assert checkpoint.load_checkpoint(root / v / "seed0" / "checkpoints" / "latest.pt")["iteration"] == 3, v
     assert json.loads((root / "results.json").read_text())["iterations"] == 3
 
 
@@ -305,3 +305,101 @@ def test_seconds_per_iteration_from_log(tmp_path):
     log.write_text(json.dumps({"iter": 5, "time": 2.0, "it_per_s": 2.5}) + "\n")
     assert ablation.timing_from_log(log, 5) == (pytest.approx(0.4), pytest.approx(2.0))
     assert ablation.timing_from_log(tmp_path / "missing.jsonl", 5) == (None, None)
+
+
+# -- several seeds, and the weight of L_recons --
+
+def mean_cells(table_md):
+    """{variant: [(mean, std) of each numeric column]} of table.md's first table, for cells 'm ± s'."""
+    first = table_md.split("\n\n")[1]                      # the title, then the table
+    cells = {}
+    for line in first.splitlines()[2:]:
+        row = [c.strip() for c in line.strip("|").split("|")]
+        cells[row[0]] = [tuple(float(x) for x in c.split(" ± ")) for c in row[5:8]]   # s/it, SWD raw, SWD EMA
+    return cells
+
+
+def test_seeds_give_mean_and_spread_and_a_new_seed_trains_only_itself(tmp_path):
+    """--seeds 0 1: every variant trained once per seed; each cell of table.md is 'mean ± std' equal
+    to the mean and sample std (n - 1) of the per-seed values in results.json, which holds both seeds.
+    Then --seeds 0 1 2 trains the third seed's runs only: the first two are skipped, their checkpoints
+    untouched and their scores unchanged."""
+    data = make_images(tmp_path / "data", n=3)
+    argv = ["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "1", "--variants", "baseline", "sle",
+            "--sample_every", "100", *ABLATION_TINY[:-3], "--n_samples", "2", "--no_fid"]
+    trained = []
+    real_train_variant = ablation.train_variant
+
+    def counting(args, name, sle, decoders, recon_weight, seed, resume=None):
+        trained.append((name, seed))
+        return real_train_variant(args, name, sle, decoders, recon_weight, seed, resume)
+
+    root = tmp_path / "runs" / "ablation-data"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ablation, "train_variant", counting)
+        code, out, err = run_train([*argv, "--seeds", "0", "1"], main=ablation.main)
+        assert code == 0, err
+        assert trained == [("baseline", 0), ("sle", 0), ("baseline", 1), ("sle", 1)]
+        res = json.loads((root / "results-baseline_sle.json").read_text())
+        cells = mean_cells((root / "table-baseline_sle.md").read_text())
+        assert res["seeds"] == [0, 1] and [r["variant"] for r in res["variants"]] == ["baseline", "sle"]
+        for r in res["variants"]:
+            assert [p["seed"] for p in r["per_seed"]] == [0, 1]
+            swd = [p["scores"]["ema"]["swd"] for p in r["per_seed"]]
+            assert np.all(np.isfinite(swd)) and swd[0] != swd[1]            # two different runs
+            assert r["mean"]["swd_ema"] == pytest.approx(np.mean(swd))
+            assert r["std"]["swd_ema"] == pytest.approx(np.std(swd, ddof=1)) and r["std"]["swd_ema"] > 0
+            for (mean, std), key in zip(cells[r["variant"]], ("s_per_it", "swd_raw", "swd_ema")):
+                assert mean == pytest.approx(r["mean"][key], abs=1e-2) and std == pytest.approx(r["std"][key], abs=1e-2)
+        assert "## Differences beyond the spread" in (root / "table-baseline_sle.md").read_text()
+        mtimes = {p: p.stat().st_mtime_ns for p in root.glob("*/seed*/checkpoints/*.pt")}
+        assert len(mtimes) == 2 * 2 * 2                                    # 000001.pt, latest.pt of 4 runs
+
+        trained.clear()
+        code, out, err = run_train([*argv, "--seeds", "0", "1", "2"], main=ablation.main)
+        assert code == 0, err
+    assert trained == [("baseline", 2), ("sle", 2)]
+    assert out.count("skipped, already done") == 4 and out.count("training from scratch") == 2
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    res3 = json.loads((root / "results-baseline_sle.json").read_text())
+    for r, r3 in zip(res["variants"], res3["variants"]):
+        assert [p["seed"] for p in r3["per_seed"]] == [0, 1, 2]
+        assert [p["scores"] for p in r3["per_seed"][:2]] == [p["scores"] for p in r["per_seed"]]
+
+
+def test_spread_rule():
+    """Beyond the spread: |mean_a - mean_b| > std_a + std_b; no verdict without a spread (one seed)."""
+    assert ablation.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert ablation.mean_std([5.0]) == (5.0, None) and ablation.mean_std([1.0, None]) == (None, None)
+    assert ablation.beyond_spread((10.0, 1.0), (13.1, 2.0)) is True
+    assert ablation.beyond_spread((10.0, 1.0), (12.9, 2.0)) is False
+    assert ablation.beyond_spread((10.0, None), (20.0, 1.0)) is None
+    keys = [k for k, *_ in ablation.MEASURES]
+    rows = [{"variant": v, "mean": dict.fromkeys(keys, m), "std": dict.fromkeys(keys, 1.0)}
+            for v, m in (("a", 10.0), ("b", 13.0), ("c", 11.0))]
+    d = [x for x in ablation.differences(rows) if x["measure"] == "swd_ema"]
+    assert [(x["lower"], x["higher"], x["beyond_spread"]) for x in d] == [("a", "b", True), ("a", "c", False), ("c", "b", False)]
+
+
+def test_recon_weights_are_rows_of_the_full_model():
+    """--variants both --recon_weights 1 3 10: three rows of the full model, named both, both-w3,
+    both-w10, whose train.py runs get --recon_weight 1, 3, 10 and the seed of each run; variants
+    without decoders get one row whatever the weights. Weights without a variant that has decoders,
+    a repeated seed, or a negative weight are refused in one line."""
+    args = ablation.parse_args(["--path", "d", "--iter", "3", "--variants", "both", "--recon_weights", "1", "3", "10"])
+    rows = ablation.table_rows(args)
+    assert [r[0] for r in rows] == ["both", "both-w3", "both-w10"]
+    for (name, sle, decoders, w), want in zip(rows, (1.0, 3.0, 10.0)):
+        t = train.parse_args(ablation.train_argv(args, name, sle, decoders, w, 7))
+        assert (t.recon_weight, t.seed, t.no_sle, t.no_recon) == (want, 7, False, False)
+        assert t.name == f"ablation-d/{name}/seed7"
+    args = ablation.parse_args(["--path", "d", "--iter", "3", "--recon_weights", "1", "3"])
+    assert [r[0] for r in ablation.table_rows(args)] == ["baseline", "sle", "recon", "recon-w3", "both", "both-w3"]
+    assert ablation.output_names(ablation.table_rows(args))[0] == "table-baseline_sle_recon_recon-w3_both_both-w3.md"
+    assert ablation.output_names(ablation.table_rows(ablation.parse_args(["--path", "d", "--iter", "3"]))) == \
+        ("table.md", "samples.png", "results.json")
+    for bad, msg in ((["--variants", "sle", "--recon_weights", "3"], "only the variants with decoders"),
+                     (["--seeds", "0", "0"], "--seeds lists a value twice"),
+                     (["--recon_weights", "-1"], "--recon_weights must be at least 0")):
+        with pytest.raises(ablation.UsageError, match=msg):
+            ablation.check_args(ablation.parse_args(["--path", "d", "--iter", "3", *bad]))
