@@ -9,8 +9,10 @@ ablation run (`ablation_run`: 4 variants x 2 iterations), watched from inside by
 train.build_networks and train.train_step.
 """
 
+import errno
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -282,6 +284,32 @@ def test_refuses_bad_input_with_one_line(ablation_run, tmp_path, one_thread):
         assert "Traceback" not in err and "iter 1/" not in out, case
     assert not Path(fresh).exists()
     assert {p: p.stat().st_mtime_ns for p in Path(existing).rglob("*") if p.is_file()} == before
+
+
+def test_full_disk_is_one_line(ablation_run, tmp_path, one_thread, monkeypatch):
+    """No space left for table.md: exit status 1, one line naming it and the OS error; the variants'
+    checkpoints and the earlier results keep their bytes, and no temporary file is left."""
+    runs = tmp_path / "runs"
+    shutil.copytree(ablation_run["root"] / "runs", runs)
+    argv = [*ablation_run["argv"]]
+    argv[argv.index("--out") + 1] = str(runs)
+    root = runs / "ablation-data"
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "scores.json"}
+    rename = os.replace
+
+    def full_at_table(src, dst):
+        if Path(dst).name == "table.md":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_at_table)
+    code, out, err = run_train(argv, main=ablation.main)
+    monkeypatch.undo()
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"ablation.py: error: cannot write {root / 'table.md'}: No space left on device "
+                               f"(ENOSPC)"), lines[0]
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "scores.json"} == before
 
 
 def test_passes_its_ema_decay_to_every_variant():

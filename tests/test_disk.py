@@ -11,9 +11,9 @@ into a folder whatever its permissions, so a chmod'ed folder would not fail for 
 
 import copy
 import errno
-from collections import namedtuple
 import os
 import shutil
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -24,28 +24,27 @@ import train
 from plumbing import checkpoint, disk
 from tests.helpers import TINY, build_nets, make_images, run_train
 
+# One run of 5 iterations that saves every iteration and keeps the newest 2 (grids only at the end).
+KEEP_2 = ["--save_every", "1", "--keep", "2", "--sample_every", "100", *TINY]
+_usage = namedtuple("usage", "total used free")     # what shutil.disk_usage returns
+
 
 @pytest.fixture(scope="module")
-def two_iterations(tmp_path_factory):
-    """A run stopped at iteration 2 (grids and checkpoints every 2 iterations): (data, run folder)."""
+def kept_run(tmp_path_factory):
+    """(data folder, run folder) of `train.py KEEP_2 --iter 5`, shared by the tests below."""
     root = tmp_path_factory.mktemp("disk")
     data = make_images(root / "data", n=2)
-    train.main(["--path", str(data), "--out", str(root / "runs"), "--iter", "2", "--save_every", "2",
-                "--sample_every", "2", *TINY])
+    train.main(["--path", str(data), "--out", str(root / "runs"), "--iter", "5", *KEEP_2])
     return data, root / "runs" / "data"
 
 
-def _continue(tmp_path, two_iterations, capsys, *flags):
-    """A copy of the 2-iteration run, continued to iteration 4 with --resume latest: (code, out, err, run)."""
-    data, run = two_iterations
-    shutil.copytree(run, tmp_path / "runs" / "data")
-    code, out, err = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "4",
-                                "--save_every", "2", "--sample_every", "2", "--resume", "latest", *TINY, *flags],
-                               capsys)
-    return code, out, err, tmp_path / "runs" / "data"
-
-
-_usage = namedtuple("usage", "total used free")     # what shutil.disk_usage returns
+def _continue(tmp_path, kept_run, capsys):
+    """A copy of the run, continued by one iteration with --resume latest: (code, stdout, stderr)."""
+    data, run = kept_run
+    if not (tmp_path / "runs" / "data").exists():
+        shutil.copytree(run, tmp_path / "runs" / "data")
+    return run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "6", "--resume", "latest",
+                      *KEEP_2], capsys)
 
 
 def _contents(folder):
@@ -58,78 +57,27 @@ def _one_line(err):
     return lines[0]
 
 
-def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, two_iterations, capsys, monkeypatch):
-    """No space left while torch.save writes 000004.pt: exit status 1, one line naming the file, the OS
-    error and the last good checkpoint; 000002.pt and latest.pt keep their bytes, no temporary file is
-    left, and --resume latest (once there is space) continues from iteration 2."""
-    ckpts = tmp_path / "runs" / "data" / "checkpoints"
-    before = _contents(two_iterations[1] / "checkpoints")
-
-    def full_disk(obj, f):
-        f.write(b"the first part of a checkpoint")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    code, _, err, run = _continue(tmp_path, two_iterations, capsys)
-    monkeypatch.undo()
-    line = _one_line(err)
-    assert code == 1
-    assert f"cannot write {ckpts / '000004.pt'}: No space left on device (ENOSPC)" in line, line
-    assert f"the last good checkpoint is {ckpts / 'latest.pt'} (iteration 2)" in line and "--resume latest" in line
-    assert _contents(ckpts) == before                       # the same files, byte for byte; no temporary file
-    code, out, _ = run_train(["--path", str(two_iterations[0]), "--out", str(tmp_path / "runs"), "--iter", "4",
-                              "--save_every", "2", "--sample_every", "2", "--resume", "latest", *TINY], capsys)
-    assert code == 0 and "resumed from iteration 2" in out
-    assert checkpoint.load_checkpoint(ckpts / "latest.pt")["iteration"] == 4
-
-
-def test_read_only_folder_at_a_grid_is_one_line_and_loses_nothing(tmp_path, two_iterations, capsys, monkeypatch):
-    """images/ turns read-only (EROFS when the finished grid is renamed into it): exit status 1, one
-    line naming the grid; its temporary file is removed and the checkpoints keep their bytes."""
-    images = tmp_path / "runs" / "data" / "images"
-    before = _contents(two_iterations[1] / "checkpoints")
-    rename = os.replace
-
-    def read_only_images(src, dst):
-        if Path(dst).parent == images:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
-        return rename(src, dst)
-
-    monkeypatch.setattr(os, "replace", read_only_images)
-    code, _, err, run = _continue(tmp_path, two_iterations, capsys)
-    monkeypatch.undo()
-    line = _one_line(err)
-    assert code == 1
-    assert f"cannot write {images / '000004_samples.png'}: Read-only file system (EROFS)" in line, line
-    assert f"{run / 'checkpoints' / 'latest.pt'} (iteration 2)" in line
-    assert sorted(p.name for p in images.iterdir()) == ["000002_recons.png", "000002_samples.png"]
-    assert _contents(run / "checkpoints") == before
-
-
-def test_keep_leaves_the_newest_checkpoints_and_resume_stays_exact(tmp_path, capsys, monkeypatch):
-    """--save_every 1 --keep 2 for 5 iterations: 000004.pt, 000005.pt and latest.pt, a hard link to
-    000005.pt. Resuming from the kept 000004.pt ends at the same networks and Adam states. The line at
-    start gives the size of one checkpoint (estimated from the tensors: within 0.1% of the real file),
-    and warns when the disk is clearly too small (here made to say 1 KB free), but the run still runs."""
-    data = make_images(tmp_path / "data", n=2)
-    common = ["--path", str(data), "--save_every", "1", "--keep", "2", "--sample_every", "100", "--iter", "5", *TINY]
-    code, out, _ = run_train([*common, "--out", str(tmp_path / "one")], capsys)
-    ckpts = tmp_path / "one" / "data" / "checkpoints"
-    assert code == 0 and sorted(p.name for p in ckpts.iterdir()) == ["000004.pt", "000005.pt", "latest.pt"]
+def test_keep_leaves_the_newest_checkpoints_and_resume_stays_exact(tmp_path, kept_run, capsys, monkeypatch):
+    """--save_every 1 --keep 2 for 5 iterations leaves 000004.pt, 000005.pt and latest.pt, a hard link
+    to 000005.pt. Resuming from the kept 000004.pt ends at the same networks and Adam states. The line
+    at start gives the size of one checkpoint (estimated from the tensors: within 0.1% of the real
+    file), and warns when the disk is clearly too small (here made to say 1 KB free); the run still runs."""
+    data, run = kept_run
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["000004.pt", "000005.pt", "latest.pt"]
     assert os.path.samefile(ckpts / "latest.pt", ckpts / "000005.pt")
     size = (ckpts / "latest.pt").stat().st_size
     G, D = build_nets(128, 8, 8)
     assert abs(disk.checkpoint_bytes((G, D, copy.deepcopy(G))) - size) < 1e-3 * size
-    line = next(s for s in out.splitlines() if s.startswith("disk:"))
-    assert f"disk: one checkpoint {size / 1e6:.1f} MB" in line and "WARNING" not in line, line
 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: _usage(10 ** 9, 10 ** 9 - 1000, 1000))
-    code, out, _ = run_train([*common, "--out", str(tmp_path / "two"), "--resume", str(ckpts / "000004.pt")], capsys)
+    code, out, _ = run_train(["--path", str(data), "--out", str(tmp_path), "--iter", "5",
+                              "--resume", str(ckpts / "000004.pt"), *KEEP_2], capsys)
     line = next(s for s in out.splitlines() if s.startswith("disk:"))
+    assert f"disk: one checkpoint {size / 1e6:.1f} MB" in line, line
     assert "1.0 KB free" in line and "WARNING: this will not fit" in line, line
     assert code == 0 and "resumed from iteration 4" in out
-    a, b = (torch.load(tmp_path / run / "data" / "checkpoints" / "latest.pt", weights_only=True)
-            for run in ("one", "two"))
+    a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, tmp_path / "data"))
     assert a["iteration"] == b["iteration"] == 5
     for net in ("G", "D", "G_ema"):
         for k in a[net]:
@@ -138,6 +86,54 @@ def test_keep_leaves_the_newest_checkpoints_and_resume_stays_exact(tmp_path, cap
         for i, s in a[opt]["state"].items():
             assert torch.equal(s["exp_avg"], b[opt]["state"][i]["exp_avg"])
             assert torch.equal(s["exp_avg_sq"], b[opt]["state"][i]["exp_avg_sq"])
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
+    """No space left while torch.save writes 000006.pt: exit status 1, one line naming the file, the OS
+    error and the last good checkpoint; the checkpoints keep their bytes, no temporary file is left,
+    and --resume latest (once there is space) continues from iteration 5."""
+    ckpts = tmp_path / "runs" / "data" / "checkpoints"
+    before = _contents(kept_run[1] / "checkpoints")
+
+    def full_disk(obj, f):
+        f.write(b"the first part of a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    code, _, err = _continue(tmp_path, kept_run, capsys)
+    monkeypatch.undo()
+    line = _one_line(err)
+    assert code == 1
+    assert f"cannot write {ckpts / '000006.pt'}: No space left on device (ENOSPC)" in line, line
+    assert f"the last good checkpoint is {ckpts / 'latest.pt'} (iteration 5)" in line and "--resume latest" in line
+    assert _contents(ckpts) == before                       # the same files, byte for byte; no temporary file
+    code, out, _ = _continue(tmp_path, kept_run, capsys)
+    assert code == 0 and "resumed from iteration 5" in out
+    assert checkpoint.load_checkpoint(ckpts / "latest.pt")["iteration"] == 6
+    assert sorted(p.name for p in ckpts.iterdir()) == ["000005.pt", "000006.pt", "latest.pt"]
+
+
+def test_read_only_folder_at_a_grid_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
+    """images/ turns read-only (EROFS when the finished grid is renamed into it): exit status 1, one
+    line naming the grid; its temporary file is removed and the checkpoints keep their bytes."""
+    images = tmp_path / "runs" / "data" / "images"
+    before = _contents(kept_run[1] / "checkpoints")
+    rename = os.replace
+
+    def read_only_images(src, dst):
+        if Path(dst).parent == images:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only_images)
+    code, _, err = _continue(tmp_path, kept_run, capsys)
+    monkeypatch.undo()
+    line = _one_line(err)
+    assert code == 1
+    assert f"cannot write {images / '000006_samples.png'}: Read-only file system (EROFS)" in line, line
+    assert f"{images.parent / 'checkpoints' / 'latest.pt'} (iteration 5)" in line
+    assert sorted(p.name for p in images.iterdir()) == ["000005_recons.png", "000005_samples.png"]
+    assert _contents(images.parent / "checkpoints") == before
 
 
 def test_keep_newest_deletes_only_older_numbered_checkpoints(tmp_path):
@@ -167,7 +163,7 @@ def test_latest_is_a_copy_where_there_are_no_hard_links(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000002.pt", "latest.pt"]
 
 
-def test_sample_full_disk_is_one_line(tmp_path, two_iterations, capsys, monkeypatch):
+def test_sample_full_disk_is_one_line(tmp_path, kept_run, capsys, monkeypatch):
     """sample.py with no space left for grid.png: exit status 1, one line naming it and the error; the
     images written before it are whole and no temporary file is left."""
     out = tmp_path / "samples"
@@ -180,7 +176,7 @@ def test_sample_full_disk_is_one_line(tmp_path, two_iterations, capsys, monkeypa
 
     monkeypatch.setattr(os, "replace", full_at_grid)
     with pytest.raises(SystemExit) as e:
-        sample.main(["--ckpt", str(two_iterations[1] / "checkpoints" / "latest.pt"), "--out", str(out), "--n", "2",
+        sample.main(["--ckpt", str(kept_run[1] / "checkpoints" / "latest.pt"), "--out", str(out), "--n", "2",
                      "--grid", "--device", "cpu"])
     line = _one_line(capsys.readouterr().err)
     assert e.value.code == 1
