@@ -92,10 +92,10 @@ def shutdown(world, clean):
     barrier then; torchrun ends them.
 
     The barrier is torch.distributed.barrier (over gloo, on the CPU), not `agree`: its work holds no
-    tensor that Python has let go of. With torch 2.4, gloo's worker thread could still be releasing
+    tensor that Python has let go of. With torch 2.4, gloo's worker thread may still be releasing
     such a tensor (which needs Python's lock) when the networks' DDP, freed on the way out of
-    train.py, destroyed the process group while holding that lock and waiting for the thread: both
-    processes hung at exit."""
+    train.py, destroys the process group while holding that lock and waiting for the thread: both
+    processes would hang at exit."""
     if world == 1 or not torch.distributed.is_initialized():
         return
     if clean:
