@@ -25,7 +25,7 @@ def test_gpu_check_passes_every_check_in_its_cpu_mode(tmp_path):
     """`bash docs/gpu_check.sh --device cpu`: one line per check, in the documented order, each PASS
     (with its figures) but the two that only a GPU can run in time (SKIP); exit status 0. The figures
     say what was checked: the resume across --channels_last agrees, the --deterministic resume is
-    bit for bit equal, sample.py wrote its 8 images, metrics.py scored them."""
+    bit for bit equal, sample.py wrote its 8 images, metrics.py scored those 8."""
     proc = _run("--device", "cpu", work=tmp_path)
     lines = [l for l in proc.stdout.splitlines() if l.startswith(("PASS ", "FAIL ", "SKIP "))]
     detail = proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -35,7 +35,7 @@ def test_gpu_check_passes_every_check_in_its_cpu_mode(tmp_path):
         assert line.startswith(expected), detail
     figures = {l.split()[1]: l for l in lines}
     assert "agree to" in figures["resume_channels_last"] and "bit for bit equal" in figures["deterministic_resume"]
-    assert "8 samples and grid.png" in figures["sample"] and '"swd"' in figures["metrics"]
+    assert "8 samples" in figures["sample"] and '"n_fake": 8' in figures["metrics"] and '"swd"' in figures["metrics"]
     assert proc.returncode == 0 and "all checks passed" in proc.stdout, detail
 
 
