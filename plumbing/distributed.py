@@ -91,9 +91,15 @@ def shutdown(world, clean):
     the end, an agreed stop, an agreed NaN) they first wait for each other: a process that tore down
     gloo while another still talked to it could abort the other at exit ('terminate called without
     an active exception'). After an error on one process the others may never come, so there is no
-    barrier then; torchrun ends them."""
+    barrier then; torchrun ends them.
+
+    The barrier is torch.distributed.barrier (over gloo, on the CPU), not `agree`: its work holds no
+    tensor that Python has let go of. With torch 2.4, gloo's worker thread may still be releasing
+    such a tensor (which needs Python's lock) when the networks' DDP, freed on the way out of
+    train.py, destroys the process group while holding that lock and waiting for the thread: both
+    processes would hang at exit."""
     if world == 1 or not torch.distributed.is_initialized():
         return
     if clean:
-        agree(False, world)                        # an all-reduce of a CPU tensor: a barrier
+        torch.distributed.barrier()
     torch.distributed.destroy_process_group()

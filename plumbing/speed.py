@@ -183,8 +183,8 @@ def speed_up(G, D, args, device, processes=1):
 def fused_adam(device, compile=False):
     """Whether Adam uses its fused kernel (one kernel for all of a network's parameters): on CUDA,
     except with --compile. The fused step requires each gradient to have its weight's memory layout,
-    and a compiled backward may give 1x1 convolutions' weight gradients other strides (pytorch
-    issue 126585); the default multi-tensor Adam accepts any layout. The CPU's plain Adam is what
+    and a compiled backward may give 1x1 convolutions' weight gradients other strides (inductor
+    picks its own output layouts); the default multi-tensor Adam accepts any layout. The CPU's plain Adam is what
     the authors' step uses, so that both compute the same bits there."""
     return device.type == "cuda" and not compile
 

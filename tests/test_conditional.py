@@ -128,6 +128,23 @@ def test_training_grids_have_one_row_per_class(red_blue):
     assert st["args"]["class_names"] == ["blue", "red"] and "class_embedding.embed.weight" in st["G_ema"]
 
 
+
+def test_class_grid_is_drawn_in_chunks_with_each_samples_class(tmp_path):
+    """monitor.save_samples draws the grid `chunk` samples at a time (a grid of many classes needs no
+    more memory than 16 samples), each with its own class and latent: the same grid as in one batch."""
+    from plumbing.monitor import fixed_inputs, save_samples
+    G, D = train.build_networks(argparse.Namespace(im_size=128, ngf=8, ndf=8, nz=256, no_sle=False,
+                                                   no_recon=True), ["a", "b", "c"])
+    G.eval()
+    n, y = conditional.grid_labels(["a", "b", "c"], "cpu")                  # 12 samples: 4 per class
+    fixed, shapes = fixed_inputs(G, n, 0, "cpu"), []
+    G_watched = lambda z, noise, y: (shapes.append(len(z)), G(z, noise=noise, y=y))[1]
+    for chunk, folder in ((5, tmp_path / "chunks"), (16, tmp_path / "whole")):
+        save_samples(G_watched, D, fixed, None, 0, folder, 1, y, chunk=chunk)
+    assert shapes == [5, 5, 2, 12]
+    a, b = (np.asarray(Image.open(tmp_path / f / "000001_samples.png"), dtype=np.int16) for f in ("chunks", "whole"))
+    assert np.abs(a - b).max() <= 1 and a.std() > 1
+
 # ------------------------------------------------------------------------------------------------
 # Parameter counts, the networks' interfaces
 # ------------------------------------------------------------------------------------------------
