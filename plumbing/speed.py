@@ -14,11 +14,12 @@ discriminator.py and train.py's `train_step` show only the method:
 - `--deterministic`: the same numbers from the same seed on a GPU too (slower kernels, no TF32).
 
 What "the same results" means where: on the CPU a run resumed from a checkpoint continues bit for bit,
-and with every option off our step is bit-identical to the authors' (bench.baseline_step). On CUDA by
+and with every option off our step is bit-identical to bench.baseline_step (the authors' order of
+operations on this project's networks). On CUDA by
 default neither holds exactly: cuDNN picks its kernels by timing them (cudnn.benchmark), convolutions
-use TF32, Adam is the fused kernel (the authors' step: the plain one), and some backward kernels add
+use TF32, Adam is the fused kernel (the baseline step: the plain one), and some backward kernels add
 in a varying order; results agree to float tolerance. `--deterministic` makes CUDA runs repeatable
-(a resume continues bit for bit) at some speed; it does not make our step equal the authors'.
+(a resume continues bit for bit) at some speed; it does not make our step equal the baseline step.
 
 `SPEED_DEFAULTS` turns an option on by default only on a device where `bench.py --compare` measured
 it faster (figures in the README, "Speed and memory").
@@ -185,7 +186,7 @@ def fused_adam(device, compile=False):
     except with --compile. The fused step requires each gradient to have its weight's memory layout,
     and a compiled backward may give 1x1 convolutions' weight gradients other strides (inductor
     picks its own output layouts); the default multi-tensor Adam accepts any layout. The CPU's plain Adam is what
-    the authors' step uses, so that both compute the same bits there."""
+    bench.baseline_step uses, so that both compute the same bits there."""
     return device.type == "cuda" and not compile
 
 

@@ -223,7 +223,7 @@ def test_spectral_norm_power_iteration_stays_float32_under_amp(monkeypatch):
 def test_fused_adam_on_cuda_except_with_compile():
     """Adam's fused kernel: on CUDA without --compile only (a compiled backward may give 1x1 conv
     weight gradients other strides than their weights, which the fused step refuses); never on the
-    CPU, where the plain Adam computes what the authors' step computes. train.make_optimizers asks."""
+    CPU, where the plain Adam computes what bench.baseline_step computes. train.make_optimizers asks."""
     import train
     from plumbing.speed import fused_adam
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
