@@ -215,7 +215,7 @@ def main(argv=None):
         raise SystemExit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    resolve_speed_flags(args, device)
+    amp_why = resolve_speed_flags(args, device)["amp"]
 
     kinds = ["ours", "baseline"] if args.compare else [args.only]
     made = {k: make_step(k, args, device) for k in kinds}
@@ -238,7 +238,8 @@ def main(argv=None):
         "peak_memory_gb": round(peak_memory_gb(device), 3),
         "params_G": n_g, "params_D": n_d, "ngf": args.ngf, "ndf": args.ndf,
         "fast_upsample": args.fast_upsample, "channels_last": args.channels_last, "amp": args.amp,
-        "compile": args.compile,
+        "compile": args.compile, "precision_why": amp_why,
+        "precision": str(StepContext(device, args.amp).dtype or torch.float32).replace("torch.", ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }

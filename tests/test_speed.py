@@ -115,3 +115,26 @@ def test_compile_agrees_within_tolerance(_bench_baseline):
     losses, _, _, _ = _bench_run("ours", compile=True)
     for lb, lo in zip(base_losses, losses):
         assert all(abs(lb[k] - lo[k]) < 5e-3 for k in lb), (lb, lo)
+
+
+@pytest.mark.parametrize("onednn_bf16, isa, native", [
+    (True, "AVX512", True),      # oneDNN's bf16 kernels and ATen's AVX-512 ones: bf16 is native
+    (False, "AVX2", False),      # an AVX2 CPU: every bf16 value converted in software
+    (True, "AVX2", False),       # ATen limited to AVX2 (ATEN_CPU_CAPABILITY=avx2)
+    (False, "AVX512", False),    # oneDNN without bf16 (ONEDNN_MAX_CPU_ISA=AVX2)
+])
+def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch, onednn_bf16, isa, native):
+    """--amp left out: bf16 autocast on a CPU whose torch reports native bf16 (both probes replaced
+    here, so every CPU runs every case), float32 elsewhere; --amp and --no-amp always win. The reason
+    comes back for bench.py to print."""
+    from plumbing.speed import resolve_speed_flags
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    cpu = torch.device("cpu")
+    for flag, expected, reason in ((None, native, "native" if native else "emulated"),
+                                   ("--amp", True, "--amp given"), ("--no-amp", False, "--no-amp given")):
+        args = bench.parse_args(BENCH_ARGS + ([flag] if flag else []))
+        assert args.amp is None if flag is None else args.amp is expected
+        why = resolve_speed_flags(args, cpu)["amp"]
+        assert args.amp is expected and reason in why, (flag, args.amp, why)
+        assert args.fast_upsample is True and args.channels_last is False     # the other defaults stay
