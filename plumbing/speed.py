@@ -28,8 +28,8 @@ from generator import UpBlock, UpBlockComp
 
 # None on the command line means the device's default. On the CPU: the fold makes the step about 25%
 # faster at 256x256, ngf 64; channels_last was slower; bf16 autocast ("native_bf16": on where the CPU
-# computes bf16 natively, see `cpu_bf16_is_native`) was ~40% faster on a CPU with bf16 units and ~15x
-# slower on one without (emulated). On CUDA every option stays off until measured there.
+# computes bf16 natively, see `cpu_bf16_is_native`) is faster on a CPU with bf16 units and ~15x slower
+# on one without (emulated); figures in docs/speed.md. On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": False, "amp": "native_bf16", "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},

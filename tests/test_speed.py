@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bench
-from tests.helpers import BENCH_ARGS, NZ
+from tests.helpers import BENCH_ARGS, NZ, TINY, make_images, run_train
 from generator import Generator
 
 
@@ -138,3 +138,32 @@ def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch
         why = resolve_speed_flags(args, cpu)["amp"]
         assert args.amp is expected and reason in why, (flag, args.amp, why)
         assert args.fast_upsample is True and args.channels_last is False     # the other defaults stay
+
+
+def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
+    """bf16 autocast changes how the passes compute, not what is kept: after 2 iterations with --amp
+    every weight, Adam moment and EMA weight in the checkpoint is float32, and the run resumes without
+    --amp; a float32 run resumes with it, continuing Adam's state (4 steps counted at the end, not 2)
+    and moving the weights. The two orders (bf16 then float32, float32 then bf16) end with different
+    weights: bf16 really ran."""
+    data = make_images(tmp_path / "data")
+    ends = {}
+    for first, then in (("--amp", "--no-amp"), ("--no-amp", "--amp")):
+        common = ["--path", str(data), "--out", str(tmp_path / first), "--save_every", "2",
+                  "--sample_every", "100", *TINY]
+        assert run_train([*common, "--iter", "2", first], capsys)[0] == 0
+        code, out, _ = run_train([*common, "--iter", "4", "--resume", "latest", then], capsys)
+        assert code == 0 and "resumed from iteration 2" in out and f"amp={then == '--amp'}" in out, out
+        two = torch.load(tmp_path / first / "data" / "checkpoints" / "000002.pt", weights_only=True)
+        four = torch.load(tmp_path / first / "data" / "checkpoints" / "latest.pt", weights_only=True)
+        for st in (two, four):
+            tensors = [v for net in ("G", "D", "G_ema") for v in st[net].values()]
+            tensors += [v for opt in ("opt_G", "opt_D") for s in st[opt]["state"].values()
+                        for k, v in s.items() if k != "step"]
+            floats = [t for t in tensors if t.is_floating_point()]
+            assert len(floats) > 100 and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
+        assert all(int(s["step"]) == 4 for opt in ("opt_G", "opt_D") for s in four[opt]["state"].values())
+        weights = [k for k in four["G"] if k.endswith("original")]
+        assert all(not torch.equal(two["G"][k], four["G"][k]) for k in weights)
+        ends[first] = four["G"]
+    assert any(not torch.equal(ends["--amp"][k], ends["--no-amp"][k]) for k in weights)
