@@ -141,29 +141,29 @@ def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch
 
 
 def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
-    """bf16 autocast changes how the passes compute, not what is kept: after 2 iterations with --amp
+    """bf16 autocast changes how the passes compute, not what is kept: after 1 iteration with --amp
     every weight, Adam moment and EMA weight in the checkpoint is float32, and the run resumes without
-    --amp; a float32 run resumes with it, continuing Adam's state (4 steps counted at the end, not 2)
+    --amp; a float32 run resumes with it, continuing Adam's state (2 steps counted at the end, not 1)
     and moving the weights. The two orders (bf16 then float32, float32 then bf16) end with different
     weights: bf16 really ran."""
     data = make_images(tmp_path / "data")
     ends = {}
     for first, then in (("--amp", "--no-amp"), ("--no-amp", "--amp")):
-        common = ["--path", str(data), "--out", str(tmp_path / first), "--save_every", "2",
+        common = ["--path", str(data), "--out", str(tmp_path / first), "--save_every", "1",
                   "--sample_every", "100", *TINY]
-        assert run_train([*common, "--iter", "2", first], capsys)[0] == 0
-        code, out, _ = run_train([*common, "--iter", "4", "--resume", "latest", then], capsys)
-        assert code == 0 and "resumed from iteration 2" in out and f"amp={then == '--amp'}" in out, out
-        two = torch.load(tmp_path / first / "data" / "checkpoints" / "000002.pt", weights_only=True)
-        four = torch.load(tmp_path / first / "data" / "checkpoints" / "latest.pt", weights_only=True)
-        for st in (two, four):
+        assert run_train([*common, "--iter", "1", first], capsys)[0] == 0
+        code, out, _ = run_train([*common, "--iter", "2", "--resume", "latest", then], capsys)
+        assert code == 0 and "resumed from iteration 1" in out and f"amp={then == '--amp'}" in out, out
+        one = torch.load(tmp_path / first / "data" / "checkpoints" / "000001.pt", weights_only=True)
+        two = torch.load(tmp_path / first / "data" / "checkpoints" / "latest.pt", weights_only=True)
+        for st in (one, two):
             tensors = [v for net in ("G", "D", "G_ema") for v in st[net].values()]
             tensors += [v for opt in ("opt_G", "opt_D") for s in st[opt]["state"].values()
                         for k, v in s.items() if k != "step"]
             floats = [t for t in tensors if t.is_floating_point()]
             assert len(floats) > 100 and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
-        assert all(int(s["step"]) == 4 for opt in ("opt_G", "opt_D") for s in four[opt]["state"].values())
-        weights = [k for k in four["G"] if k.endswith("original")]
-        assert all(not torch.equal(two["G"][k], four["G"][k]) for k in weights)
-        ends[first] = four["G"]
+        assert all(int(s["step"]) == 2 for opt in ("opt_G", "opt_D") for s in two[opt]["state"].values())
+        weights = [k for k in two["G"] if k.endswith("original")]
+        assert all(not torch.equal(one["G"][k], two["G"][k]) for k in weights)
+        ends[first] = two["G"]
     assert any(not torch.equal(ends["--amp"][k], ends["--no-amp"][k]) for k in weights)
