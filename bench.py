@@ -244,6 +244,7 @@ def main(argv=None):
         raise SystemExit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
+    amp_why = resolve_speed_flags(args, device)["amp"]
 
     kinds = ["ours", "baseline"] if args.compare else [args.only]
     made = {k: make_step(k, args, device) for k in kinds}
@@ -267,7 +268,8 @@ def main(argv=None):
         "params_G": n_g, "params_D": n_d, "ngf": args.ngf, "ndf": args.ndf,
         "fast_upsample": args.fast_upsample, "channels_last": args.channels_last, "amp": args.amp,
         "compile": args.compile, "amp_dtype": str(amp_dtype(device, args.amp_dtype))[6:] if args.amp else None,
-        "deterministic": args.deterministic,
+        "deterministic": args.deterministic, "precision_why": amp_why,
+        "precision": str(StepContext(device, args.amp, dtype=args.amp_dtype).dtype or torch.float32).replace("torch.", ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }

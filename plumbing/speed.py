@@ -39,11 +39,12 @@ from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 from generator import UpBlock, UpBlockComp
 from plumbing.cli import UsageError
 
-# None on the command line means the device's default. On the CPU (2 cores, no bf16 units): the fold
-# makes the step about 25% faster at 256x256, ngf 64; bf16 autocast was ~15x slower (emulated);
-# channels_last was slower. On CUDA every option stays off until measured there.
+# None on the command line means the device's default. On the CPU: the fold makes the step about 25%
+# faster at 256x256, ngf 64; channels_last was slower; bf16 autocast ("native_bf16": on where the CPU
+# computes bf16 natively, see `cpu_bf16_is_native`) is faster on a CPU with bf16 units and ~15x slower
+# on one without (emulated); figures in docs/speed.md. On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
-    "cpu": {"fast_upsample": True, "channels_last": False, "amp": False, "compile": False},
+    "cpu": {"fast_upsample": True, "channels_last": False, "amp": "native_bf16", "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
 }
 # Apple's MPS (written for it, never measured on it by this project): every option off.
@@ -57,7 +58,8 @@ def add_speed_arguments(parser):
     speed.add_argument("--fast_upsample", **flag, help="each up-block's upsample + 3x3 conv as one "
                        "stride-2 transposed conv: same function, 2.25x fewer FLOPs (default: on for CPU)")
     speed.add_argument("--channels_last", **flag, help="NHWC memory layout (default: off)")
-    speed.add_argument("--amp", **flag, help="mixed precision: bf16, or fp16 with loss scaling (default: off)")
+    speed.add_argument("--amp", **flag, help="mixed precision: bf16, or fp16 with loss scaling (default: on "
+                       "for a CPU with native bf16, off elsewhere)")
     speed.add_argument("--compile", **flag, help="torch.compile G and D: minutes of compiling first")
     speed.add_argument("--amp_dtype", choices=("auto", "bf16", "fp16"), default="auto", help="--amp's "
                        "precision. auto: bf16 where the device computes it natively, else fp16 with loss scaling")
@@ -66,14 +68,20 @@ def add_speed_arguments(parser):
 
 
 def resolve_speed_flags(args, device):
-    """Fill each speed flag left at None with the device's default."""
+    """Fill each speed flag left at None with the device's default. Returns {flag: why} for the
+    precision (`args.amp`): given on the command line, or the device's default and its reason."""
+    why = {"amp": "--amp given" if args.amp else "--no-amp given"} if getattr(args, "amp", None) is not None else {}
     for flag, default in SPEED_DEFAULTS[device.type].items():
         if getattr(args, flag, None) is None:
+            if default == "native_bf16":
+                default, why[flag] = cpu_bf16_is_native()
             setattr(args, flag, default)
     if args.amp and not torch.amp.is_autocast_available(device.type):   # MPS: PyTorch 2.5 or newer
         raise UsageError(f"--amp: this PyTorch has no autocast on {device.type}; drop --amp (or update PyTorch)")
     if getattr(args, "deterministic", False):
         make_deterministic()
+    why.setdefault("amp", f"default on {device.type}: off until measured faster there")
+    return why
 
 
 def make_deterministic():
@@ -94,6 +102,28 @@ def make_deterministic():
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+# ------------------------------------------------------------------------------------------------
+# Does this CPU compute bf16 natively?
+# ------------------------------------------------------------------------------------------------
+
+def cpu_bf16_probes():
+    """What this torch reports about the CPU: (oneDNN runs bf16 convolutions and matmuls with the CPU's
+    own bf16 or AVX-512 units, ATen's vector instruction set: 'AVX512', 'AVX2', 'DEFAULT', ...).
+    Both follow the environment: ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 lower them."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported(), torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_bf16_is_native():
+    """(True, why) when bf16 autocast runs on the CPU's own units, (False, why) when it would be
+    emulated. Native needs both: oneDNN's bf16 kernels (the convolutions, most of a step) and ATen's
+    AVX-512 kernels (BatchNorm, GLU and the elementwise work in bf16). With AVX2 only, or a oneDNN
+    without bf16, each bf16 value is converted in software: ~15x slower than float32."""
+    onednn_bf16, isa = cpu_bf16_probes()
+    native = bool(onednn_bf16) and isa.upper().startswith(("AVX512", "AMX"))
+    return native, (f"default on this CPU: bf16 {'native' if native else 'emulated'} "
+                    f"(oneDNN bf16 {'yes' if onednn_bf16 else 'no'}, ATen {isa})")
 
 
 # ------------------------------------------------------------------------------------------------

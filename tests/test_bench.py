@@ -17,7 +17,7 @@ from generator import Generator
 
 def test_bench_prints_one_json_line(capsys):
     """bench.py: one JSON line with the median and spread of seconds per iteration, images/s, peak
-    memory, parameter counts, FLOPs of the step and the machine's matmul FLOP/s."""
+    memory, parameter counts, FLOPs of the step, the machine's matmul FLOP/s, and the precision."""
     bench.main(BENCH_ARGS + ["--iters", "2", "--warmup", "1"])
     out = capsys.readouterr().out.strip().splitlines()
     r = json.loads(out[-1])
@@ -26,3 +26,6 @@ def test_bench_prints_one_json_line(capsys):
     assert r["params_G"] == sum(p.numel() for p in Generator(ngf=8, nz=256, im_size=128).parameters())
     assert r["peak_memory_gb"] > 0 and r["device"] == "cpu" and r["threads"] >= 1
     assert r["step_gflop"] > 1 and r["matmul_gflop_per_s"] > r["achieved_gflop_per_s"] > 0
+    # Which precision ran, and why: --amp left out, so this CPU's default (bf16 where it is native).
+    assert r["precision"] == ("bfloat16" if r["amp"] else "float32")
+    assert r["precision_why"].startswith("default on this CPU: bf16 " + ("native" if r["amp"] else "emulated"))

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bench
-from tests.helpers import BENCH_ARGS, NZ
+from tests.helpers import BENCH_ARGS, NZ, TINY, make_images, run_train
 from generator import Generator
 
 
@@ -263,3 +263,55 @@ def test_deterministic_sets_pytorchs_reproducibility_switches(monkeypatch):
         torch.use_deterministic_algorithms(saved[0], warn_only=warn_only)
         (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
          torch.backends.cuda.matmul.allow_tf32) = saved[1:]
+
+
+@pytest.mark.parametrize("onednn_bf16, isa, native", [
+    (True, "AVX512", True),      # oneDNN's bf16 kernels and ATen's AVX-512 ones: bf16 is native
+    (False, "AVX2", False),      # an AVX2 CPU: every bf16 value converted in software
+    (True, "AVX2", False),       # ATen limited to AVX2 (ATEN_CPU_CAPABILITY=avx2)
+    (False, "AVX512", False),    # oneDNN without bf16 (ONEDNN_MAX_CPU_ISA=AVX2)
+])
+def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch, onednn_bf16, isa, native):
+    """--amp left out: bf16 autocast on a CPU whose torch reports native bf16 (both probes replaced
+    here, so every CPU runs every case), float32 elsewhere; --amp and --no-amp always win. The reason
+    comes back for bench.py to print."""
+    from plumbing.speed import resolve_speed_flags
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    cpu = torch.device("cpu")
+    for flag, expected, reason in ((None, native, "native" if native else "emulated"),
+                                   ("--amp", True, "--amp given"), ("--no-amp", False, "--no-amp given")):
+        args = bench.parse_args(BENCH_ARGS + ([flag] if flag else []))
+        assert args.amp is None if flag is None else args.amp is expected
+        why = resolve_speed_flags(args, cpu)["amp"]
+        assert args.amp is expected and reason in why, (flag, args.amp, why)
+        assert args.fast_upsample is True and args.channels_last is False     # the other defaults stay
+
+
+def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
+    """bf16 autocast changes how the passes compute, not what is kept: after 1 iteration with --amp
+    every weight, Adam moment and EMA weight in the checkpoint is float32, and the run resumes without
+    --amp; a float32 run resumes with it, continuing Adam's state (2 steps counted at the end, not 1)
+    and moving the weights. The two orders (bf16 then float32, float32 then bf16) end with different
+    weights: bf16 really ran."""
+    data = make_images(tmp_path / "data")
+    ends = {}
+    for first, then in (("--amp", "--no-amp"), ("--no-amp", "--amp")):
+        common = ["--path", str(data), "--out", str(tmp_path / first), "--save_every", "1",
+                  "--sample_every", "100", *TINY]
+        assert run_train([*common, "--iter", "1", first], capsys)[0] == 0
+        code, out, _ = run_train([*common, "--iter", "2", "--resume", "latest", then], capsys)
+        assert code == 0 and "resumed from iteration 1" in out and f"amp={then == '--amp'}" in out, out
+        one = torch.load(tmp_path / first / "data" / "checkpoints" / "000001.pt", weights_only=True)
+        two = torch.load(tmp_path / first / "data" / "checkpoints" / "latest.pt", weights_only=True)
+        for st in (one, two):
+            tensors = [v for net in ("G", "D", "G_ema") for v in st[net].values()]
+            tensors += [v for opt in ("opt_G", "opt_D") for s in st[opt]["state"].values()
+                        for k, v in s.items() if k != "step"]
+            floats = [t for t in tensors if t.is_floating_point()]
+            assert len(floats) > 100 and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
+        assert all(int(s["step"]) == 2 for opt in ("opt_G", "opt_D") for s in two[opt]["state"].values())
+        weights = [k for k in two["G"] if k.endswith("original")]
+        assert all(not torch.equal(one["G"][k], two["G"][k]) for k in weights)
+        ends[first] = two["G"]
+    assert any(not torch.equal(ends["--amp"][k], ends["--no-amp"][k]) for k in weights)
