@@ -238,13 +238,12 @@ def main(argv=None):
         if args.iters < 1 or args.warmup < 0:
             raise UsageError("--iters must be at least 1 and --warmup at least 0")
         device = resolve_device(args.device)
-        resolve_speed_flags(args, device)
+        amp_why = resolve_speed_flags(args, device)["amp"]      # which precision, and why
     except UsageError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         raise SystemExit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
-    amp_why = resolve_speed_flags(args, device)["amp"]
 
     kinds = ["ours", "baseline"] if args.compare else [args.only]
     made = {k: make_step(k, args, device) for k in kinds}

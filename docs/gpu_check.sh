@@ -16,7 +16,8 @@
 #   bench_compile           --compile (Adam not fused then, see speed.fused_adam)
 #   train                   train.py, 200 iterations at 256x256 with sample grids and checkpoints
 #   resume_channels_last    that run's middle checkpoint resumed with --channels_last: Adam's moments
-#                           must match those of the resume without it (fused Adam reads them in order)
+#                           must match those of the resume without it (fused Adam reads them in order);
+#                           both in float32, so that only the layout differs
 #   deterministic_resume    --deterministic: a run and the same run stopped halfway and resumed end
 #                           bit for bit equal (networks and Adam states)
 #   stream_classes          --stream --classes: images decoded by workers, one class per subfolder
@@ -187,7 +188,7 @@ check bench_channels_last bench_figures "${BENCH_CMD[@]}" --im_size "$SIZE" "${C
 check train train_figures "${TRAIN[@]}" --path "$WORK/data" --name main --iter "$ITERS" --save_every "$HALF" \
     --sample_every "$HALF" --no-channels_last
 MIDDLE="$WORK/runs/main/checkpoints/$(printf %06d "$HALF").pt"
-check resume_channels_last toggle_figures bash -c '"$@" --name plain --no-channels_last && "$@" --name toggled --channels_last' \
+check resume_channels_last toggle_figures bash -c '"$@" --name plain --no-channels_last --no-amp && "$@" --name toggled --channels_last --no-amp' \
     _ "${TRAIN[@]}" --path "$WORK/data" --iter $((HALF + 1)) --save_every 1 --resume "$MIDDLE"
 check deterministic_resume deterministic_figures bash -c '"$@" --name det_straight --iter '$((2 * SHORT))' &&
     "$@" --name det_resumed --iter '"$SHORT"' && "$@" --name det_resumed --iter '$((2 * SHORT))' --resume latest' \

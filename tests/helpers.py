@@ -109,3 +109,28 @@ def torch_threads(n=1):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def refuse_renames(monkeypatch, refused, err):
+    """Make os.replace, the last step of every whole-file write, fail with OSError(err) for each
+    destination where `refused(Path(dst))` is true, as a full disk or a read-only folder would."""
+    rename = os.replace
+
+    def replace(src, dst):
+        if refused(Path(dst)):
+            raise OSError(err, os.strerror(err), str(dst))
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def assert_same_training_state(a, b):
+    """Two checkpoints (dicts from torch.load) hold the same G, D, EMA generator and Adam moments, bit
+    for bit."""
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs"
+    for opt in ("opt_G", "opt_D"):
+        for i, s in a[opt]["state"].items():
+            for moment in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(s[moment], b[opt]["state"][i][moment]), f"{opt} {i} {moment} differs"

@@ -25,7 +25,7 @@ import ablation
 from plumbing import checkpoint
 import sample
 import train
-from tests.helpers import build_nets, make_images, run_train, torch_threads
+from tests.helpers import build_nets, make_images, refuse_renames, run_train, torch_threads
 from plumbing.images import to_uint8
 
 
@@ -295,14 +295,7 @@ def test_full_disk_is_one_line(ablation_run, tmp_path, one_thread, monkeypatch):
     argv[argv.index("--out") + 1] = str(runs)
     root = runs / "ablation-data"
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "scores.json"}
-    rename = os.replace
-
-    def full_at_table(src, dst):
-        if Path(dst).name == "table.md":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return rename(src, dst)
-
-    monkeypatch.setattr(os, "replace", full_at_table)
+    refuse_renames(monkeypatch, lambda dst: dst.name == "table.md", errno.ENOSPC)
     code, out, err = run_train(argv, main=ablation.main)
     monkeypatch.undo()
     lines = err.strip().splitlines()

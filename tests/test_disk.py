@@ -22,7 +22,7 @@ import torch
 import sample
 import train
 from plumbing import checkpoint, disk
-from tests.helpers import TINY, build_nets, make_images, run_train
+from tests.helpers import TINY, assert_same_training_state, build_nets, make_images, refuse_renames, run_train
 
 # One run of 5 iterations that saves every iteration and keeps the newest 2 (grids only at the end).
 KEEP_2 = ["--save_every", "1", "--keep", "2", "--sample_every", "100", *TINY]
@@ -79,13 +79,7 @@ def test_keep_leaves_the_newest_checkpoints_and_resume_stays_exact(tmp_path, kep
     assert code == 0 and "resumed from iteration 4" in out
     a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=True) for r in (run, tmp_path / "data"))
     assert a["iteration"] == b["iteration"] == 5
-    for net in ("G", "D", "G_ema"):
-        for k in a[net]:
-            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
-    for opt in ("opt_G", "opt_D"):
-        for i, s in a[opt]["state"].items():
-            assert torch.equal(s["exp_avg"], b[opt]["state"][i]["exp_avg"])
-            assert torch.equal(s["exp_avg_sq"], b[opt]["state"][i]["exp_avg_sq"])
+    assert_same_training_state(a, b)
 
 
 def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
@@ -118,21 +112,14 @@ def test_read_only_folder_at_a_grid_is_one_line_and_loses_nothing(tmp_path, kept
     line naming the grid; its temporary file is removed and the checkpoints keep their bytes."""
     images = tmp_path / "runs" / "data" / "images"
     before = _contents(kept_run[1] / "checkpoints")
-    rename = os.replace
-
-    def read_only_images(src, dst):
-        if Path(dst).parent == images:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
-        return rename(src, dst)
-
-    monkeypatch.setattr(os, "replace", read_only_images)
+    refuse_renames(monkeypatch, lambda dst: dst.parent == images, errno.EROFS)
     code, _, err = _continue(tmp_path, kept_run, capsys)
     monkeypatch.undo()
     line = _one_line(err)
     assert code == 1
     assert f"cannot write {images / '000006_samples.png'}: Read-only file system (EROFS)" in line, line
     assert f"{images.parent / 'checkpoints' / 'latest.pt'} (iteration 5)" in line
-    assert sorted(p.name for p in images.iterdir()) == ["000005_recons.png", "000005_samples.png"]
+    assert sorted(p.name for p in images.iterdir()) == ["000005_recons.png", "000005_samples.png", "progress.gif"]
     assert _contents(images.parent / "checkpoints") == before
 
 
@@ -167,14 +154,7 @@ def test_sample_full_disk_is_one_line(tmp_path, kept_run, capsys, monkeypatch):
     """sample.py with no space left for grid.png: exit status 1, one line naming it and the error; the
     images written before it are whole and no temporary file is left."""
     out = tmp_path / "samples"
-    rename = os.replace
-
-    def full_at_grid(src, dst):
-        if Path(dst).name == "grid.png":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return rename(src, dst)
-
-    monkeypatch.setattr(os, "replace", full_at_grid)
+    refuse_renames(monkeypatch, lambda dst: dst.name == "grid.png", errno.ENOSPC)
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(kept_run[1] / "checkpoints" / "latest.pt"), "--out", str(out), "--n", "2",
                      "--grid", "--device", "cpu"])
