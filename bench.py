@@ -40,7 +40,8 @@ from diffaug import diff_augment
 from discriminator import crop_quarter
 from ema import EMA
 from generator import SUPPORTED_SIZES
-from plumbing.speed import StepContext, add_speed_arguments, amp_dtype, resolve_speed_flags, speed_up
+from plumbing.speed import (StepContext, add_speed_arguments, amp_dtype, resolve_speed_flags, speed_flag_argv,
+                           speed_up)
 
 
 def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
@@ -199,9 +200,7 @@ def memory_in_subprocess(kind, args):
     for k in ("im_size", "batch_size", "ngf", "ndf", "nz", "device", "threads"):
         cmd += [f"--{k}", str(getattr(args, k))]
     if kind == "ours":
-        for k in ("fast_upsample", "channels_last", "amp", "compile"):
-            cmd.append(f"--{k}" if getattr(args, k) else f"--no-{k}")
-        cmd += ["--amp_dtype", args.amp_dtype] + (["--deterministic"] if args.deterministic else [])
+        cmd += speed_flag_argv(args)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_memory_gb"]
 

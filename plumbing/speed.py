@@ -6,7 +6,8 @@ discriminator.py and train.py's `train_step` show only the method:
 
 - the upsample fold (`--fast_upsample`): each up-block's nearest upsample x2 followed by a 3x3 conv
   (Fig. 3) computed as one stride-2 transposed convolution of the small map, derived below;
-- channels_last (`--channels_last`): NHWC memory layout, what cuDNN's fastest convolutions read;
+- channels_last (`--channels_last [D|GD]`): NHWC memory layout, what cuDNN's fastest convolutions
+  read, for D only or for both networks; BatchNorm's gradients are kept in the layout of its input;
 - mixed precision (`--amp`): bf16 autocast, or fp16 with loss scaling on GPUs without bf16 units
   (`--amp_dtype` forces either); spectral norm's power iteration stays in float32 under it;
 - `torch.compile` (`--compile`): G and D compiled into fused kernels (minutes of compiling first);
@@ -40,15 +41,28 @@ from generator import UpBlock, UpBlockComp
 from plumbing.cli import UsageError
 
 # None on the command line means the device's default. On the CPU: the fold makes the step about 25%
-# faster at 256x256, ngf 64; channels_last was slower; bf16 autocast ("native_bf16": on where the CPU
+# faster at 256x256, ngf 64; channels_last for D ("D") about 15% faster in float32 (oneDNN's strided
+# and decoder convolutions without layout copies), for G too ("GD") slower (its GLU and BatchNorm
+# kernels are slower in NHWC); bf16 autocast ("native_bf16": on where the CPU
 # computes bf16 natively, see `cpu_bf16_is_native`) is faster on a CPU with bf16 units and ~15x slower
 # on one without (emulated); figures in docs/speed.md. On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
-    "cpu": {"fast_upsample": True, "channels_last": False, "amp": "native_bf16", "compile": False},
+    "cpu": {"fast_upsample": True, "channels_last": "D", "amp": "native_bf16", "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
 }
 # Apple's MPS (written for it, never measured on it by this project): every option off.
 SPEED_DEFAULTS["mps"] = dict.fromkeys(SPEED_DEFAULTS["cuda"], False)
+
+
+# --channels_last's values: which networks run in NHWC (False: neither).
+CHANNELS_LAST = ("D", "GD")
+
+
+def speed_flag_argv(args):
+    """The command-line flags that give another process the speed options `args` holds."""
+    argv = [f"--{k}" if getattr(args, k) else f"--no-{k}" for k in ("fast_upsample", "amp", "compile")]
+    argv += [f"--channels_last={args.channels_last}" if args.channels_last else "--no-channels_last"]
+    return argv + ["--amp_dtype", args.amp_dtype] + (["--deterministic"] if args.deterministic else [])
 
 
 def add_speed_arguments(parser):
@@ -57,7 +71,11 @@ def add_speed_arguments(parser):
     flag = dict(action=argparse.BooleanOptionalAction, default=None)
     speed.add_argument("--fast_upsample", **flag, help="each up-block's upsample + 3x3 conv as one "
                        "stride-2 transposed conv: same function, 2.25x fewer FLOPs (default: on for CPU)")
-    speed.add_argument("--channels_last", **flag, help="NHWC memory layout (default: off)")
+    speed.add_argument("--channels_last", nargs="?", const="GD", choices=CHANNELS_LAST, default=None,
+                       help="NHWC memory layout for D, or for both networks (no value: GD) (default: D on "
+                       "CPU, off elsewhere)")
+    speed.add_argument("--no-channels_last", dest="channels_last", action="store_const", const=False,
+                       help="NCHW memory layout for both networks")
     speed.add_argument("--amp", **flag, help="mixed precision: bf16, or fp16 with loss scaling (default: on "
                        "for a CPU with native bf16, off elsewhere)")
     speed.add_argument("--compile", **flag, help="torch.compile G and D: minutes of compiling first")
@@ -152,10 +170,13 @@ def upsample_conv3x3(x, weight):
     (`_fold_3x3_to_4x4`). That is exactly a transposed convolution of x with stride 2 and a 4x4
     kernel: one library call, no upsampled map, no copies.
     x (B, C_in, H, W), weight (C_out, C_in, 3, 3) -> (B, C_out, 2H, 2W)."""
-    k = _fold_3x3_to_4x4(weight)                                       # fold columns: (C_out, C_in, 3, 4)
-    k = _fold_3x3_to_4x4(k.transpose(2, 3)).transpose(2, 3)            # fold rows:    (C_out, C_in, 4, 4)
-    # conv_transpose2d wants its weight as (C_in, C_out, kH, kW)
-    return F.conv_transpose2d(x, k.transpose(0, 1), stride=2, padding=1)   # (B, C_out, 2H, 2W)
+    # conv_transpose2d wants its weight as (C_in, C_out, kH, kW): fold the transposed view, so that the
+    # 4x4 kernel is built in that order and is contiguous (no copy of it before the call, none of its
+    # gradient after; at ngf 64 G's first kernel is 1024 x 1024 x 4 x 4, 67 MB).
+    w = weight.transpose(0, 1)                                         # (C_in, C_out, 3, 3), a view
+    r0, r1, r2 = w.unbind(-2)                                          # the kernel's rows, (C_in, C_out, 3)
+    k = torch.stack([_fold_3x3_to_4x4(r) for r in (r2, r1 + r2, r0 + r1, r0)], dim=-2)  # rows folded as columns
+    return F.conv_transpose2d(x, k, stride=2, padding=1)               # (C_in, C_out, 4, 4) -> (B, C_out, 2H, 2W)
 
 
 class UpsampleConv3x3(nn.Conv2d):
@@ -203,12 +224,40 @@ def speed_up(G, D, args, device, processes=1):
     if args.amp:
         power_iteration_in_float32(G)
         power_iteration_in_float32(D)
-    if args.channels_last:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
+    in_nhwc = "GD" if args.channels_last is True else args.channels_last or ""   # True: both (--channels_last)
+    for name, net in (("G", G), ("D", D)):
+        if name in in_nhwc:
+            net.to(memory_format=torch.channels_last)
+            keep_batchnorm_gradients_in_layout(net)
     if args.compile and processes == 1:         # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
         G, D = torch.compile(G), torch.compile(D)
     return G, D
+
+
+def keep_batchnorm_gradients_in_layout(net):
+    """Hand each BatchNorm of `net` its output's gradient in the memory layout of that output.
+
+    In a channels_last network some gradients arrive in NCHW (from ops whose backward writes a plain
+    contiguous tensor: the mean of DownBlockComp's two paths, GLU, a crop). BatchNorm's CPU backward
+    with an NHWC input and an NCHW gradient takes a generic path about 8x slower than with both in
+    NHWC (1.0 s against 0.12 s at (8, 64, 256, 256)); converting the gradient first costs one copy.
+    A gradient hook on the output tensor does it: it sees the gradient with respect to BatchNorm's
+    output (before the in-place LeakyReLU that follows changes that tensor) and changes only its
+    layout, never its values."""
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_hook(_gradient_in_output_layout)
+    return net
+
+
+def _gradient_in_output_layout(module, inputs, output):
+    if output.requires_grad and output.dim() == 4:
+        layout = torch.channels_last if _is_channels_last(output) else torch.contiguous_format
+        output.register_hook(lambda grad: grad.contiguous(memory_format=layout))
+
+
+def _is_channels_last(x):
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def fused_adam(device, compile=False):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import bench
 from tests.helpers import BENCH_ARGS, NZ, TINY, make_images, run_train
+from discriminator import Discriminator
 from generator import Generator
 
 
@@ -92,21 +93,51 @@ def test_upsample_conv3x3_equals_upsample_then_conv():
     assert torch.allclose(plain, fast, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("flag", ["channels_last", "fast_upsample"])
-def test_speed_option_agrees_within_tolerance(_bench_baseline, flag):
-    """--channels_last (other convolution kernels) and --fast_upsample (the same function, another
-    order of float sums) agree with the authors' float32 NCHW step: losses within 5e-3 over the first
+@pytest.mark.parametrize("flag, value", [("channels_last", "D"), ("channels_last", "GD"), ("fast_upsample", True)])
+def test_speed_option_agrees_within_tolerance(_bench_baseline, flag, value):
+    """--channels_last D and GD (other convolution kernels; BatchNorm's gradients moved to NHWC) and
+    --fast_upsample (the same function, another order of float sums) agree with the authors' float32 NCHW step: losses within 5e-3 over the first
     two iterations and 2e-2 at the third, weights within 3e-3 after three (Adam's steps are 2e-4 each).
     Rounding differences grow through a GAN's steps, by an amount the CPU's kernels and thread count
     decide: measured at most 2.7e-3, 8.7e-3 and 1.3e-3 with one and two threads."""
     base_losses, G_b, _, _ = _bench_baseline
-    losses, G, _, _ = _bench_run("ours", **{flag: True})
+    losses, G, _, _ = _bench_run("ours", **{flag: value})
     for it, (lb, lo) in enumerate(zip(base_losses, losses)):
         assert all(abs(lb[k] - lo[k]) < (5e-3 if it < 2 else 2e-2) for k in lb), (it, lb, lo)
     for x, y in zip(G_b.parameters(), G.parameters()):
         assert torch.allclose(x, y, atol=3e-3, rtol=0)
     if flag == "channels_last":   # really another path
         assert any(not torch.equal(x, y) for x, y in zip(G_b.parameters(), G.parameters()))
+
+
+def test_batchnorm_gradients_arrive_in_their_outputs_layout():
+    """In an NHWC D, some gradients reach BatchNorm in NCHW (BatchNorm's CPU backward is then ~8x
+    slower); with `keep_batchnorm_gradients_in_layout` every BatchNorm output's gradient is NHWC, and
+    D's weight gradients are those computed without it (the hook changes layouts, not values)."""
+    from plumbing.speed import keep_batchnorm_gradients_in_layout
+
+    def weight_grads_and_layouts(hooked):
+        torch.manual_seed(0)
+        D = Discriminator(ndf=8, im_size=128).to(memory_format=torch.channels_last)
+        if hooked:
+            keep_batchnorm_gradients_in_layout(D)
+        layouts = []
+        def record(module, inputs, output):          # registered after the layout hook: sees its result
+            output.register_hook(lambda g: layouts.append(g.is_contiguous(memory_format=torch.channels_last)))
+        for m in D.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.register_forward_hook(record)
+        x = torch.randn(2, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+        lb, ls, recons = D(x, x, part=1)
+        (lb.sum() + ls.sum() + sum(r.square().sum() for r in recons.values())).backward()
+        return [p.grad for p in D.parameters()], layouts
+
+    plain, plain_layouts = weight_grads_and_layouts(False)
+    hooked, hooked_layouts = weight_grads_and_layouts(True)
+    assert len(hooked_layouts) == sum(isinstance(m, nn.BatchNorm2d) for m in Discriminator(8, im_size=128).modules())
+    assert not all(plain_layouts) and all(hooked_layouts)
+    for a, b in zip(plain, hooked):                  # float32 rounding of another summation order
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max()
 
 
 @pytest.mark.skipif(not os.environ.get("FASTGAN_SLOW"),
@@ -285,7 +316,7 @@ def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch
         assert args.amp is None if flag is None else args.amp is expected
         why = resolve_speed_flags(args, cpu)["amp"]
         assert args.amp is expected and reason in why, (flag, args.amp, why)
-        assert args.fast_upsample is True and args.channels_last is False     # the other defaults stay
+        assert args.fast_upsample is True and args.channels_last == "D"      # the other defaults stay
 
 
 def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
