@@ -5,7 +5,9 @@ LPIPS on VGG features (Zhang et al. 2018). Here the default is a pixel distance,
 downloaded weights, and LPIPS is the optional `--recon lpips`. Each returns one value per image,
 (B, C, 128, 128) x2 -> (B,); train.reconstruction_loss sums them over the batch, as the authors do.
 A pixel MSE and LPIPS are different distances on different scales, so at the same `--recon_weight`
-the term does not pull on D equally hard.
+the term does not pull on D equally hard. Measured with the pixel MSE at weight 1 (docs/ablation.md):
+L_recons is 3.5 times D's two hinge terms over a run's first 50 iterations and 2.1 times over its
+last 50 (400 iterations, 128x128); weights 3 and 10 scored no better beyond the spread over 3 seeds.
 
 Used by train.py (and bench.py, metrics.py); imports nothing of ours but `cli.UsageError`.
 """

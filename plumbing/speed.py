@@ -41,9 +41,9 @@ from generator import UpBlock, UpBlockComp
 from plumbing.cli import UsageError
 
 # None on the command line means the device's default. On the CPU: the fold makes the step about 25%
-# faster at 256x256, ngf 64; channels_last for D ("D") about 15% faster in float32 (oneDNN's strided
-# and decoder convolutions without layout copies), for G too ("GD") slower (its GLU and BatchNorm
-# kernels are slower in NHWC); bf16 autocast ("native_bf16": on where the CPU
+# faster at 256x256, ngf 64; channels_last for D ("D") 4-16% faster (oneDNN's strided and decoder
+# convolutions without layout copies; float32 gains most), for G too ("GD") slower (its GLU and
+# BatchNorm kernels are slower in NHWC); bf16 autocast ("native_bf16": on where the CPU
 # computes bf16 natively, see `cpu_bf16_is_native`) is faster on a CPU with bf16 units and ~15x slower
 # on one without (emulated); figures in docs/speed.md. On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
