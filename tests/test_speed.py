@@ -96,8 +96,9 @@ def test_upsample_conv3x3_equals_upsample_then_conv():
 @pytest.mark.parametrize("flag, value", [("channels_last", "D"), ("channels_last", "GD"), ("fast_upsample", True)])
 def test_speed_option_agrees_within_tolerance(_bench_baseline, flag, value):
     """--channels_last D and GD (other convolution kernels; BatchNorm's gradients moved to NHWC) and
-    --fast_upsample (the same function, another order of float sums) agree with the authors' float32 NCHW step: losses within 5e-3 over the first
-    two iterations and 2e-2 at the third, weights within 3e-3 after three (Adam's steps are 2e-4 each).
+    --fast_upsample (the same function, another order of float sums) agree with the baseline step
+    (float32, NCHW): losses within 5e-3 over the first two iterations and 2e-2 at the third, weights
+    within 3e-3 after three (Adam's steps are 2e-4 each).
     Rounding differences grow through a GAN's steps, by an amount the CPU's kernels and thread count
     decide: measured at most 2.7e-3, 8.7e-3 and 1.3e-3 with one and two threads."""
     base_losses, G_b, _, _ = _bench_baseline
