@@ -7,7 +7,8 @@ discriminator.py and train.py's `train_step` show only the method:
 - the upsample fold (`--fast_upsample`): each up-block's nearest upsample x2 followed by a 3x3 conv
   (Fig. 3) computed as one stride-2 transposed convolution of the small map, derived below;
 - channels_last (`--channels_last [D|GD]`): NHWC memory layout, what cuDNN's fastest convolutions
-  read, for D only or for both networks; BatchNorm's gradients are kept in the layout of its output;
+  read, for D only or for both networks; BatchNorm's gradients are kept in the layout of its output,
+  and GLU runs on the NHWC map seen as (B, H, W, C) (`ChannelsLastGLU`);
 - mixed precision (`--amp`): bf16 autocast, or fp16 with loss scaling on GPUs without bf16 units
   (`--amp_dtype` forces either); spectral norm's power iteration stays in float32 under it;
 - `torch.compile` (`--compile`): G and D compiled into fused kernels (minutes of compiling first);
@@ -41,13 +42,14 @@ from generator import UpBlock, UpBlockComp
 from plumbing.cli import UsageError
 
 # None on the command line means the device's default. On the CPU: the fold makes the step about 25%
-# faster at 256x256, ngf 64; channels_last for D ("D") 4-16% faster (oneDNN's strided and decoder
-# convolutions without layout copies; float32 gains most), for G too ("GD") slower (its GLU and
-# BatchNorm kernels are slower in NHWC); bf16 autocast ("native_bf16": on where the CPU
-# computes bf16 natively, see `cpu_bf16_is_native`) is faster on a CPU with bf16 units and ~15x slower
-# on one without (emulated); figures in docs/speed.md. On CUDA every option stays off until measured there.
+# faster at 256x256, ngf 64; channels_last for both networks ("GD") about 15% faster than for D alone
+# ("D") and ~25% faster than neither (oneDNN's transposed, strided and low-channel convolutions
+# without layout copies; GLU made fast in NHWC by `ChannelsLastGLU`); bf16 autocast ("native_bf16": on
+# where the CPU computes bf16 natively, see `cpu_bf16_is_native`) is faster on a CPU with bf16 units
+# and ~15x slower on one without (emulated); figures in docs/speed.md. On CUDA every option stays off
+# until measured there.
 SPEED_DEFAULTS = {
-    "cpu": {"fast_upsample": True, "channels_last": "D", "amp": "native_bf16", "compile": False},
+    "cpu": {"fast_upsample": True, "channels_last": "GD", "amp": "native_bf16", "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
 }
 # Apple's MPS (written for it, never measured on it by this project): every option off.
@@ -72,7 +74,7 @@ def add_speed_arguments(parser):
     speed.add_argument("--fast_upsample", **flag, help="each up-block's upsample + 3x3 conv as one "
                        "stride-2 transposed conv: same function, 2.25x fewer FLOPs (default: on for CPU)")
     speed.add_argument("--channels_last", nargs="?", const="GD", choices=CHANNELS_LAST, default=None,
-                       help="NHWC memory layout for D, or for both networks (no value: GD) (default: D on "
+                       help="NHWC memory layout for D, or for both networks (no value: GD) (default: GD on "
                        "CPU, off elsewhere)")
     speed.add_argument("--no-channels_last", dest="channels_last", action="store_const", const=False,
                        help="NCHW memory layout for both networks")
@@ -179,12 +181,22 @@ def upsample_conv3x3(x, weight):
     return F.conv_transpose2d(x, k, stride=2, padding=1)               # (C_in, C_out, 4, 4) -> (B, C_out, 2H, 2W)
 
 
+# The smallest map the fold is used on. On G's 4x4 map (1024 channels at ngf 64) oneDNN's transposed
+# convolution is ~3x slower than the plain 3x3 convolution of the upsampled 8x8 map (394 against 127 ms
+# forward and backward, float32); from 8x8 on, the fold is as fast or faster (82 against 105 ms at
+# 8x8, 57 against 108 ms at 16x16). docs/speed.md has the measurements.
+FOLD_FROM = 8
+
+
 class UpsampleConv3x3(nn.Conv2d):
     """A 3x3 conv that expects the map *before* the nearest x2 upsample and applies both at once
-    (`upsample_conv3x3`). Its parameters, spectral norm included, are those of the conv it replaces,
-    under the same names, so checkpoints do not depend on the option."""
+    (`upsample_conv3x3`); on a map smaller than FOLD_FROM it upsamples, then convolves (the same
+    function). Its parameters, spectral norm included, are those of the conv it replaces, under the
+    same names, so checkpoints do not depend on the option."""
 
     def forward(self, x):
+        if x.shape[-1] < FOLD_FROM:
+            return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), self.weight, padding=1)
         return upsample_conv3x3(x, self.weight)
 
 
@@ -228,6 +240,7 @@ def speed_up(G, D, args, device, processes=1):
         if name in (args.channels_last or ""):            # "D" or "GD"; False: neither
             net.to(memory_format=torch.channels_last)
             keep_batchnorm_gradients_in_layout(net)
+            glu_for_channels_last(net)
     if args.compile and processes == 1:         # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
         G, D = torch.compile(G), torch.compile(D)
     return G, D
@@ -257,6 +270,33 @@ def _gradient_in_output_layout(module, inputs, output):
 
 def _is_channels_last(x):
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class ChannelsLastGLU(nn.GLU):
+    """nn.GLU over the channels that stays fast on an NHWC map: the same values, another kernel.
+
+    On an NHWC (channels_last) map, ATen's GLU backward over dim 1 reads the two halves of the
+    channels as strided views and takes a generic path, ~4x slower than on NCHW (334 against 86 ms,
+    forward and backward at (8, 64, 256, 256)). Seen as (B, H, W, C), the same NHWC memory is
+    contiguous and the channels are the last dim: GLU over that dim runs at NCHW speed (96 ms), and
+    permuting back gives the (B, C, H, W) result, itself NHWC, without a copy. Forward values are
+    bit for bit those of nn.GLU; gradients agree to float rounding."""
+
+    def forward(self, x):
+        if self.dim == 1 and x.dim() == 4 and _is_channels_last(x):
+            out = F.glu(x.permute(0, 2, 3, 1), dim=-1)   # (B, H, W, 2C) -> (B, H, W, C), contiguous
+            return out.permute(0, 3, 1, 2)              # (B, C, H, W), channels_last
+        return super().forward(x)
+
+
+def glu_for_channels_last(net):
+    """Replace every nn.GLU of `net` by a ChannelsLastGLU over the same dim (GLU has no parameters,
+    so checkpoints are unchanged)."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.GLU:
+                setattr(parent, name, ChannelsLastGLU(child.dim))
+    return net
 
 
 def fused_adam(device, compile=False):

@@ -317,7 +317,45 @@ def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch
         assert args.amp is None if flag is None else args.amp is expected
         why = resolve_speed_flags(args, cpu)["amp"]
         assert args.amp is expected and reason in why, (flag, args.amp, why)
-        assert args.fast_upsample is True and args.channels_last == "D"      # the other defaults stay
+        assert args.fast_upsample is True and args.channels_last == "GD"     # the other defaults stay
+
+
+def test_channels_last_glu_is_nn_glu_through_the_nhwc_view():
+    """ChannelsLastGLU takes nn.GLU over the channels of an NHWC map through its (B, H, W, C) view
+    (ATen's GLU backward over dim 1 is ~4x slower on NHWC): the same forward bit for bit, the same
+    gradient to float rounding, a result still in NHWC; on an NCHW map it is nn.GLU itself.
+    glu_for_channels_last swaps every GLU of a network."""
+    from plumbing.speed import ChannelsLastGLU, glu_for_channels_last
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(2, 4, 6, 5)
+    ref = F.glu(x, dim=1)
+    out = ChannelsLastGLU(dim=1)(x)
+    assert out.grad_fn.name() == "PermuteBackward0"              # the (B, H, W, C) path ran
+    assert torch.equal(out, ref) and out.is_contiguous(memory_format=torch.channels_last)
+    (gx_ref,), (gx,) = torch.autograd.grad(ref, x, g), torch.autograd.grad(out, x, g)
+    assert torch.allclose(gx, gx_ref, atol=1e-6, rtol=0)
+    nchw = torch.randn(2, 8, 6, 5)
+    assert torch.equal(ChannelsLastGLU(dim=1)(nchw), F.glu(nchw, dim=1))
+    G = Generator(ngf=16, nz=NZ, im_size=128)
+    n = sum(type(m) is nn.GLU for m in G.modules())
+    glu_for_channels_last(G)
+    assert n == len(G.resolutions) + 1 and sum(type(m) is ChannelsLastGLU for m in G.modules()) == n
+    assert not any(type(m) is nn.GLU for m in G.modules())
+
+
+def test_the_fold_upsamples_maps_smaller_than_fold_from():
+    """UpsampleConv3x3 on a map smaller than FOLD_FROM (G's 4x4 map, where oneDNN's transposed conv
+    is slower than the plain conv of the upsampled map) computes upsample then conv, exactly; from
+    FOLD_FROM on, the fold."""
+    from plumbing.speed import FOLD_FROM, UpsampleConv3x3, upsample_conv3x3
+    torch.manual_seed(0)
+    conv = UpsampleConv3x3(6, 4, 3, 1, 1, bias=False)
+    small, large = torch.randn(2, 6, FOLD_FROM // 2, FOLD_FROM // 2), torch.randn(2, 6, FOLD_FROM, FOLD_FROM)
+    with torch.no_grad():
+        assert torch.equal(conv(small), F.conv2d(F.interpolate(small, scale_factor=2), conv.weight, padding=1))
+        assert torch.equal(conv(large), upsample_conv3x3(large, conv.weight))
+        assert not torch.equal(conv(small), upsample_conv3x3(small, conv.weight))   # the two differ in rounding
 
 
 def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
