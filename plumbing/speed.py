@@ -42,12 +42,12 @@ from generator import UpBlock, UpBlockComp
 from plumbing.cli import UsageError
 
 # None on the command line means the device's default. On the CPU: the fold makes the step about 25%
-# faster at 256x256, ngf 64; channels_last for both networks ("GD") about 15% faster than for D alone
-# ("D") and ~25% faster than neither (oneDNN's transposed, strided and low-channel convolutions
-# without layout copies; GLU made fast in NHWC by `ChannelsLastGLU`); bf16 autocast ("native_bf16": on
-# where the CPU computes bf16 natively, see `cpu_bf16_is_native`) is faster on a CPU with bf16 units
-# and ~15x slower on one without (emulated); figures in docs/speed.md. On CUDA every option stays off
-# until measured there.
+# faster at 256x256, ngf 64; channels_last for both networks ("GD") ~16% faster in float32 than D
+# alone did before GLU was made fast in NHWC (`ChannelsLastGLU`), and faster than D alone or neither
+# with AVX2 kernels too (oneDNN's transposed, strided and low-channel convolutions skip their layout
+# copies in NHWC); bf16 autocast ("native_bf16": on where the CPU computes bf16 natively, see
+# `cpu_bf16_is_native`) is faster on a CPU with bf16 units and ~15x slower on one without (emulated);
+# figures in docs/speed.md. On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": "GD", "amp": "native_bf16", "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
@@ -72,7 +72,8 @@ def add_speed_arguments(parser):
     speed = parser.add_argument_group("speed (see speed.py; default: on where measured faster on the device)")
     flag = dict(action=argparse.BooleanOptionalAction, default=None)
     speed.add_argument("--fast_upsample", **flag, help="each up-block's upsample + 3x3 conv as one "
-                       "stride-2 transposed conv: same function, 2.25x fewer FLOPs (default: on for CPU)")
+                       "stride-2 transposed conv (maps of 8x8 and up): same function, 2.25x fewer FLOPs "
+                       "(default: on for CPU)")
     speed.add_argument("--channels_last", nargs="?", const="GD", choices=CHANNELS_LAST, default=None,
                        help="NHWC memory layout for D, or for both networks (no value: GD) (default: GD on "
                        "CPU, off elsewhere)")
