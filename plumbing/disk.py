@@ -200,7 +200,8 @@ def disk_plan(run_dir, args, nets, n_samples):
     free = shutil.disk_usage(root).free
     there = sum(f.stat().st_size for f in Path(run_dir).rglob("*") if f.is_file()) if Path(run_dir).exists() else 0
     extra = f" (--keep {args.keep}, and the next one while it is written)" if kept < n_ckpt else ""
-    line = (f"disk: one checkpoint {_size(one)}; this run keeps at most {_size(need)}: {kept} checkpoints{extra} "
+    line = (f"disk: one checkpoint {_size(one)}; this run keeps at most {_size(need)}: {kept} "
+            f"checkpoint{'' if kept == 1 else 's'}{extra} "
             f"and {_size(grids)} of grids; {_size(free)} free on {root}")
     if need > free + there:
         line += (f" -- WARNING: this will not fit: free {_size(need - free - there)}, or pass a lower "

@@ -162,3 +162,14 @@ def test_sample_full_disk_is_one_line(tmp_path, kept_run, capsys, monkeypatch):
     assert e.value.code == 1
     assert line.startswith(f"sample.py: error: cannot write {out / 'grid.png'}: No space left on device (ENOSPC)")
     assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_the_disk_line_counts_its_checkpoints_in_words(tmp_path):
+    """The disk line says '1 checkpoint' for one, 'N checkpoints' for more, with the size of each kept."""
+    import argparse
+    nets = (torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    one = disk.checkpoint_bytes(nets)
+    for iters, every, words in ((2, 1000, "1 checkpoint and"), (4, 1, "4 checkpoints and")):
+        args = argparse.Namespace(iter=iters, save_every=every, keep=0, sample_every=1000, im_size=128)
+        line = disk.disk_plan(tmp_path / "run", args, nets, 8)
+        assert f": {words} " in line and f"one checkpoint {disk._size(one)}" in line, line
