@@ -95,7 +95,8 @@ def test_upsample_conv3x3_equals_upsample_then_conv():
 
 @pytest.mark.parametrize("flag, value", [("channels_last", "D"), ("channels_last", "GD"), ("fast_upsample", True)])
 def test_speed_option_agrees_within_tolerance(_bench_baseline, flag, value):
-    """--channels_last D and GD (other convolution kernels; BatchNorm's gradients moved to NHWC) and
+    """--channels_last D and GD (other convolution kernels; BatchNorm's gradients moved to NHWC; GLU
+    on the NHWC view) and
     --fast_upsample (the same function, another order of float sums) agree with the baseline step
     (float32, NCHW): losses within 5e-3 over the first two iterations and 2e-2 at the third, weights
     within 3e-3 after three (Adam's steps are 2e-4 each).
