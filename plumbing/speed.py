@@ -46,7 +46,7 @@ from plumbing.cli import UsageError
 # alone did before GLU was made fast in NHWC (`ChannelsLastGLU`), and faster than D alone or neither
 # with AVX2 kernels too (oneDNN's transposed, strided and low-channel convolutions skip their layout
 # copies in NHWC); bf16 autocast ("native_bf16": on where the CPU computes bf16 natively, see
-# `cpu_bf16_is_native`) is faster on a CPU with bf16 units and ~15x slower on one without (emulated);
+# `cpu_bf16_is_native`) is faster on a CPU with bf16 units and 1.7x (AVX-512) to ~15x (AVX2) slower on one without;
 # figures in docs/speed.md. On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": "GD", "amp": "native_bf16", "compile": False},
@@ -130,21 +130,33 @@ def make_deterministic():
 # ------------------------------------------------------------------------------------------------
 
 def cpu_bf16_probes():
-    """What this torch reports about the CPU: (oneDNN runs bf16 convolutions and matmuls with the CPU's
-    own bf16 or AVX-512 units, ATen's vector instruction set: 'AVX512', 'AVX2', 'DEFAULT', ...).
-    Both follow the environment: ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 lower them."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported(), torch.backends.cpu.get_cpu_capability()
+    """What this torch reports about the CPU: (oneDNN runs bf16 convolutions and matmuls, ATen's vector
+    instruction set: 'AVX512', 'AVX2', 'DEFAULT', ..., the CPU has bf16 instructions: AVX512_BF16 or AMX).
+
+    The first two follow the environment (ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 lower
+    them); the third is the hardware's, read by cpuinfo. oneDNN says yes on every AVX-512 CPU, also
+    on those without bf16 instructions (Skylake to Ice Lake Xeons, Ice and Tiger Lake laptops): there
+    it converts bf16 with AVX-512 integer instructions, and a step is ~1.7x slower than in float32
+    (docs/speed.md). A torch without the third probe counts as no bf16 instructions (float32)."""
+    try:
+        bf16_instructions = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:
+        bf16_instructions = False
+    return (torch.ops.mkldnn._is_mkldnn_bf16_supported(), torch.backends.cpu.get_cpu_capability(),
+            bf16_instructions)
 
 
 def cpu_bf16_is_native():
-    """(True, why) when bf16 autocast runs on the CPU's own units, (False, why) when it would be
-    emulated. Native needs both: oneDNN's bf16 kernels (the convolutions, most of a step) and ATen's
-    AVX-512 kernels (BatchNorm, GLU and the elementwise work in bf16). With AVX2 only, or a oneDNN
-    without bf16, each bf16 value is converted in software: ~15x slower than float32."""
-    onednn_bf16, isa = cpu_bf16_probes()
-    native = bool(onednn_bf16) and isa.upper().startswith(("AVX512", "AMX"))
+    """(True, why) when bf16 autocast runs on the CPU's own bf16 units, (False, why) when it would be
+    emulated. Native needs all three probes: oneDNN's bf16 kernels (the convolutions, most of a step),
+    ATen's AVX-512 kernels (BatchNorm, GLU and the elementwise work in bf16) and the CPU's bf16
+    instructions. With AVX2 only, or a oneDNN without bf16, each bf16 value is converted in software
+    (~15x slower than float32); on AVX-512 without bf16 instructions, ~1.7x slower."""
+    onednn_bf16, isa, bf16_instructions = cpu_bf16_probes()
+    native = bool(onednn_bf16) and isa.upper().startswith(("AVX512", "AMX")) and bool(bf16_instructions)
     return native, (f"default on this CPU: bf16 {'native' if native else 'emulated'} "
-                    f"(oneDNN bf16 {'yes' if onednn_bf16 else 'no'}, ATen {isa})")
+                    f"(oneDNN bf16 {'yes' if onednn_bf16 else 'no'}, ATen {isa}, "
+                    f"bf16 instructions {'yes' if bf16_instructions else 'no'})")
 
 
 # ------------------------------------------------------------------------------------------------

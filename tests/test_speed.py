@@ -298,19 +298,23 @@ def test_deterministic_sets_pytorchs_reproducibility_switches(monkeypatch):
          torch.backends.cuda.matmul.allow_tf32) = saved[1:]
 
 
-@pytest.mark.parametrize("onednn_bf16, isa, native", [
-    (True, "AVX512", True),      # oneDNN's bf16 kernels and ATen's AVX-512 ones: bf16 is native
-    (False, "AVX2", False),      # an AVX2 CPU: every bf16 value converted in software
-    (True, "AVX2", False),       # ATen limited to AVX2 (ATEN_CPU_CAPABILITY=avx2)
-    (False, "AVX512", False),    # oneDNN without bf16 (ONEDNN_MAX_CPU_ISA=AVX2)
+@pytest.mark.parametrize("onednn_bf16, isa, bf16_instructions, native", [
+    (True, "AVX512", True, True),     # oneDNN's bf16 kernels, ATen's AVX-512 ones, bf16 units: native
+    (False, "AVX2", False, False),    # an AVX2 CPU: every bf16 value converted in software
+    (True, "AVX2", True, False),      # ATen limited to AVX2 (ATEN_CPU_CAPABILITY=avx2)
+    (False, "AVX512", True, False),   # oneDNN without bf16 (ONEDNN_MAX_CPU_ISA=AVX2)
+    (True, "AVX512", False, False),   # AVX-512 without bf16 instructions (Cascade Lake): oneDNN emulates
 ])
-def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch, onednn_bf16, isa, native):
-    """--amp left out: bf16 autocast on a CPU whose torch reports native bf16 (both probes replaced
-    here, so every CPU runs every case), float32 elsewhere; --amp and --no-amp always win. The reason
-    comes back for bench.py to print."""
+def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch, onednn_bf16, isa,
+                                                                      bf16_instructions, native):
+    """--amp left out: bf16 autocast on a CPU whose torch reports native bf16 (the three probes
+    replaced here, so every CPU runs every case), float32 elsewhere; --amp and --no-amp always win.
+    The reason comes back for bench.py to print."""
     from plumbing.speed import resolve_speed_flags
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_instructions)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: bf16_instructions)
     cpu = torch.device("cpu")
     for flag, expected, reason in ((None, native, "native" if native else "emulated"),
                                    ("--amp", True, "--amp given"), ("--no-amp", False, "--no-amp given")):
