@@ -46,8 +46,8 @@ from plumbing.cli import UsageError
 # alone did before GLU was made fast in NHWC (`ChannelsLastGLU`), and faster than D alone or neither
 # with AVX2 kernels too (oneDNN's transposed, strided and low-channel convolutions skip their layout
 # copies in NHWC); bf16 autocast ("native_bf16": on where the CPU computes bf16 natively, see
-# `cpu_bf16_is_native`) is faster on a CPU with bf16 units and 1.7x (AVX-512) to ~15x (AVX2) slower on one without;
-# figures in docs/speed.md. On CUDA every option stays off until measured there.
+# `cpu_bf16_is_native`) is faster on a CPU with bf16 units and 1.7x (AVX-512) to ~15x (AVX2) slower
+# on one without; figures in docs/speed.md. On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": "GD", "amp": "native_bf16", "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
