@@ -76,7 +76,8 @@ class DownBlockComp(nn.Module):
         )
 
     def forward(self, x):
-        return (self.main(x) + self.direct(x)) / 2
+        # The halving in place on the fresh sum (same bits as "/ 2"): one map fewer to allocate.
+        return (self.main(x) + self.direct(x)).div_(2)   # (B, c_out, H/2, W/2)
 
 
 class Decoder(nn.Module):

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 import bench
 from tests.helpers import BENCH_ARGS, NZ, TINY, make_images, run_train
-from discriminator import Discriminator
-from generator import Generator
+from discriminator import Discriminator, DownBlockComp
+from generator import Generator, NoiseInjection
 
 
 def _bench_run(kind, n=3, **flags):
@@ -390,3 +390,38 @@ def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
         assert all(not torch.equal(one["G"][k], two["G"][k]) for k in weights)
         ends[first] = two["G"]
     assert any(not torch.equal(ends["--amp"][k], ends["--no-amp"][k]) for k in weights)
+
+
+def test_noise_injection_and_the_residual_mean_work_in_place_with_the_same_values():
+    """NoiseInjection adds w * n into its input (a convolution's fresh output) and DownBlockComp halves
+    its fresh sum in place, saving a map each: the values and gradients are those of the
+    out-of-place formulas, bit for bit. Under bf16 autocast the noise sum stays out of place and
+    float32, as `x + w * n` gives."""
+    torch.manual_seed(0)
+    inj = NoiseInjection()
+    with torch.no_grad():
+        inj.weight.fill_(0.3)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x, n = torch.randn(2, 3, 5, 5), torch.randn(2, 1, 5, 5)
+    out = inj(conv(x), n)
+    ref = conv(x) + inj.weight * n
+    assert torch.equal(out, ref)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [inj.weight, conv.weight], g)
+    grads_ref = torch.autograd.grad(ref, [inj.weight, conv.weight], g)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_ref))
+    y = conv(x)
+    assert inj(y, n).data_ptr() == y.data_ptr()                     # written into the conv's output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)                                                  # bf16
+        out = inj(y, n)
+    assert y.dtype == torch.bfloat16 and out.dtype == torch.float32 and out.data_ptr() != y.data_ptr()
+    assert torch.equal(out, y.float() + inj.weight * n)
+
+    block = DownBlockComp(4, 8).eval()   # eval: spectral norm's power iteration would move between calls
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    out = block(x)
+    ref = (block.main(x) + block.direct(x)) / 2
+    assert out.shape == (2, 8, 4, 4) and torch.equal(out, ref)
+    g = torch.randn_like(out)
+    assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
