@@ -107,7 +107,7 @@ class NoiseInjection(nn.Module):
         n = self.weight * noise          # (1,) * (B, 1, H, W) -> (B, 1, H, W)
         if x.dtype == n.dtype:
             # In place: x is a convolution's output, which its backward does not keep, so adding into
-            # it saves allocating one more (B, 2C, H, W) map (64 MB at 128x128 in a 256 model).
+            # it saves allocating one more map of x's size ((8, 128, 128, 128), 64 MB, in a 256 model).
             return x.add_(n)             # (B, C, H, W)
         # Under bf16 autocast x is bf16 and n float32: out of place, the sum is float32 as without it.
         return x + n                     # (B, C, H, W)
