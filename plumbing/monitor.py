@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from discriminator import crop_quarter, resize_to_128
-from plumbing.disk import SAMPLE_TILE
+from plumbing.disk import SAMPLE_TILE, WriteFailed, describe
 from plumbing.images import save_grid, to_uint8
 from plumbing.watch import Watch, duration
 
@@ -61,7 +61,8 @@ class LossLog:
     also keeps a watch.Watch (the CPU hint after the first line, progress.gif, TensorBoard)."""
 
     def __init__(self, run_dir, args, start, device):
-        self.file = open(Path(run_dir) / "log.jsonl", "a") if run_dir is not None else None
+        self.path = Path(run_dir or ".") / "log.jsonl"
+        self.file = open(self.path, "a") if run_dir is not None else None
         self.progress = Progress(args.iter, start) if run_dir is not None else None
         self.watch = Watch(args, device, run_dir, start) if run_dir is not None else None
         self.checkpoint = Path(run_dir or ".") / "checkpoints" / "latest.pt"
@@ -95,8 +96,11 @@ class LossLog:
                    **means}
             self.watch.logged(it, means, rate, self.progress.tty)
         if self.file is not None:
-            self.file.write(json.dumps(row) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(row) + "\n")
+                self.file.flush()
+            except OSError as e:   # a full disk: one line that names the file (train.py adds where to resume)
+                raise WriteFailed(f"cannot write {self.path}: {describe(e)}") from None
 
     def evaluated(self, it, scores):
         """metrics.score's scores at iteration `it`: a row of log.jsonl, a line, TensorBoard (rank 0)."""
@@ -114,7 +118,11 @@ class LossLog:
     def close(self):
         if self.file is not None:
             self.progress.close()
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:   # what a failed write left in the buffer: that failure was already reported
+                pass
+            self.file = None
             self.watch.close()
             self.file = None
 

@@ -21,7 +21,7 @@ import torch
 
 import sample
 import train
-from plumbing import checkpoint, disk
+from plumbing import checkpoint, disk, monitor
 from tests.helpers import TINY, assert_same_training_state, build_nets, make_images, refuse_renames, run_train
 
 # One run of 5 iterations that saves every iteration and keeps the newest 2 (grids only at the end).
@@ -105,6 +105,23 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, kept_
     assert code == 0 and "resumed from iteration 5" in out
     assert checkpoint.load_checkpoint(ckpts / "latest.pt")["iteration"] == 6
     assert sorted(p.name for p in ckpts.iterdir()) == ["000005.pt", "000006.pt", "latest.pt"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), whose writes fail with ENOSPC")
+def test_full_disk_at_the_loss_log_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
+    """log.jsonl's filesystem is full (its file is /dev/full, which the kernel answers with ENOSPC at
+    the first flush): exit status 1, one line naming log.jsonl, the OS error and the last good
+    checkpoint; the checkpoints keep their bytes."""
+    run = tmp_path / "runs" / "data"
+    before = _contents(kept_run[1] / "checkpoints")
+    monkeypatch.setattr(monitor, "open", lambda path, mode: open("/dev/full", mode), raising=False)
+    code, _, err = _continue(tmp_path, kept_run, capsys)
+    monkeypatch.undo()
+    line = _one_line(err)
+    assert code == 1
+    assert f"cannot write {run / 'log.jsonl'}: No space left on device (ENOSPC)" in line, line
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'latest.pt'} (iteration 5)" in line
+    assert _contents(run / "checkpoints") == before
 
 
 def test_read_only_folder_at_a_grid_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
