@@ -122,7 +122,6 @@ class LossLog:
                 self.file.close()
             except OSError:   # what a failed write left in the buffer: that failure was already reported
                 pass
-            self.file = None
             self.watch.close()
             self.file = None
 
