@@ -57,6 +57,18 @@ def _one_line(err):
     return lines[0]
 
 
+def _continue_failing(tmp_path, kept_run, capsys, monkeypatch):
+    """`_continue` with the failure patched into `monkeypatch`, undone after: the run exits with status
+    1 and one line on stderr (returned), and the checkpoints keep their bytes (no temporary file)."""
+    before = _contents(kept_run[1] / "checkpoints")
+    code, _, err = _continue(tmp_path, kept_run, capsys)
+    monkeypatch.undo()
+    line = _one_line(err)
+    assert code == 1
+    assert _contents(tmp_path / "runs" / "data" / "checkpoints") == before
+    return line
+
+
 def test_keep_leaves_the_newest_checkpoints_and_resume_stays_exact(tmp_path, kept_run, capsys, monkeypatch):
     """--save_every 1 --keep 2 for 5 iterations leaves 000004.pt, 000005.pt and latest.pt, a hard link
     to 000005.pt. Resuming from the kept 000004.pt ends at the same networks and Adam states. The line
@@ -87,20 +99,15 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, kept_
     error and the last good checkpoint; the checkpoints keep their bytes, no temporary file is left,
     and --resume latest (once there is space) continues from iteration 5."""
     ckpts = tmp_path / "runs" / "data" / "checkpoints"
-    before = _contents(kept_run[1] / "checkpoints")
 
     def full_disk(obj, f):
         f.write(b"the first part of a checkpoint")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", full_disk)
-    code, _, err = _continue(tmp_path, kept_run, capsys)
-    monkeypatch.undo()
-    line = _one_line(err)
-    assert code == 1
+    line = _continue_failing(tmp_path, kept_run, capsys, monkeypatch)
     assert f"cannot write {ckpts / '000006.pt'}: No space left on device (ENOSPC)" in line, line
     assert f"the last good checkpoint is {ckpts / 'latest.pt'} (iteration 5)" in line and "--resume latest" in line
-    assert _contents(ckpts) == before                       # the same files, byte for byte; no temporary file
     code, out, _ = _continue(tmp_path, kept_run, capsys)
     assert code == 0 and "resumed from iteration 5" in out
     assert checkpoint.load_checkpoint(ckpts / "latest.pt")["iteration"] == 6
@@ -113,31 +120,21 @@ def test_full_disk_at_the_loss_log_is_one_line_and_loses_nothing(tmp_path, kept_
     the first flush): exit status 1, one line naming log.jsonl, the OS error and the last good
     checkpoint; the checkpoints keep their bytes."""
     run = tmp_path / "runs" / "data"
-    before = _contents(kept_run[1] / "checkpoints")
     monkeypatch.setattr(monitor, "open", lambda path, mode: open("/dev/full", mode), raising=False)
-    code, _, err = _continue(tmp_path, kept_run, capsys)
-    monkeypatch.undo()
-    line = _one_line(err)
-    assert code == 1
+    line = _continue_failing(tmp_path, kept_run, capsys, monkeypatch)
     assert f"cannot write {run / 'log.jsonl'}: No space left on device (ENOSPC)" in line, line
     assert f"the last good checkpoint is {run / 'checkpoints' / 'latest.pt'} (iteration 5)" in line
-    assert _contents(run / "checkpoints") == before
 
 
 def test_read_only_folder_at_a_grid_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
     """images/ turns read-only (EROFS when the finished grid is renamed into it): exit status 1, one
     line naming the grid; its temporary file is removed and the checkpoints keep their bytes."""
     images = tmp_path / "runs" / "data" / "images"
-    before = _contents(kept_run[1] / "checkpoints")
     refuse_renames(monkeypatch, lambda dst: dst.parent == images, errno.EROFS)
-    code, _, err = _continue(tmp_path, kept_run, capsys)
-    monkeypatch.undo()
-    line = _one_line(err)
-    assert code == 1
+    line = _continue_failing(tmp_path, kept_run, capsys, monkeypatch)
     assert f"cannot write {images / '000006_samples.png'}: Read-only file system (EROFS)" in line, line
     assert f"{images.parent / 'checkpoints' / 'latest.pt'} (iteration 5)" in line
     assert sorted(p.name for p in images.iterdir()) == ["000005_recons.png", "000005_samples.png", "progress.gif"]
-    assert _contents(images.parent / "checkpoints") == before
 
 
 def test_keep_newest_deletes_only_older_numbered_checkpoints(tmp_path):
