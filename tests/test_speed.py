@@ -156,6 +156,8 @@ def _two_adams():
     return [torch.optim.Adam([nn.Parameter(torch.zeros(3))]) for _ in range(2)]
 
 
+# The GradScalers made here for a GPU this machine may not have warn that they disable themselves.
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
 @pytest.mark.parametrize("gpu, native_bf16, asked, dtype", [
     ("T4, V100, RTX 2080 Ti: bf16 emulated only", False, "auto", torch.float16),
     ("A100, H100, RTX 3090: bf16 units", True, "auto", torch.bfloat16),
