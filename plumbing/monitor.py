@@ -31,6 +31,12 @@ class Diverged(Exception):
     """A loss became NaN or inf; the message says where the last good checkpoint is."""
 
 
+def clock(seconds):
+    """Hours, minutes and seconds as on a stopwatch: 30 hours left is '30:00:00' (not a time of day)."""
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
 class Progress:
     """One line that shows iteration, speed, time left and losses; rewritten in place on a terminal."""
 
@@ -41,7 +47,7 @@ class Progress:
     def show(self, it, losses):
         rate = (it - self.it0) / max(time.time() - self.t0, 1e-9)
         eta = (self.total - it) / rate if rate > 0 else float("inf")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 360000 else duration(eta) if rate > 0 else "--"
+        eta_s = clock(eta) if eta < 360000 else duration(eta) if rate > 0 else "--"   # over 100 h: '5 days 2 h'
         speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/it"   # slow: seconds each
         line = (f"iter {it}/{self.total}  {speed}  ETA {eta_s}  "
                 f"D real {losses['d_real']:.3f} fake {losses['d_fake']:.3f} recon {losses['recon']:.3f}  "

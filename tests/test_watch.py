@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import sample
-from plumbing import cli, watch
+from plumbing import cli, monitor, watch
 from tests.helpers import TINY, make_images, run_train
 
 
@@ -61,6 +61,21 @@ def test_duration_reads_at_a_glance():
 
 def _lines(out):
     return [line for line in out.splitlines() if line.startswith(("iter ", "hint: "))]
+
+
+@pytest.mark.parametrize("seconds_left, eta", [(59, "00:00:59"), (5 * 3600 + 59 * 60 + 40, "05:59:40"),
+                                               (30 * 3600, "30:00:00"), (99 * 3600 + 3599, "99:59:59"),
+                                               (100 * 3600, "4 days 4 h")])
+def test_progress_line_counts_the_hours_left_past_a_day(capsys, monkeypatch, seconds_left, eta):
+    """The ETA is a stopwatch, not a time of day: 30 hours left read '30:00:00'; from 100 hours on,
+    days and hours. A fake clock: 10 iterations in 10 s (1 it/s), seconds_left iterations to go."""
+    now = [1000.0]
+    monkeypatch.setattr(monitor.time, "time", lambda: now[0])
+    progress = monitor.Progress(total=10 + seconds_left, start=0)
+    now[0] += 10.0
+    progress.show(10, dict.fromkeys(("d_real", "d_fake", "recon", "g"), 0.5))
+    line = capsys.readouterr().out
+    assert f"ETA {eta} " in line, line
 
 
 def test_first_progress_line_after_iteration_one_then_the_hint(tmp_path, capsys, monkeypatch):
