@@ -28,6 +28,7 @@ DEFAULT_BASE_URL = "https://data-efficient-gans.mit.edu/datasets"
 BASE_URL_ENV = "FASTGAN_DATASETS_URL"   # another server (a mirror, or the tests' local one)
 TIMEOUT_S = 30                          # per connect and per read: a dead server must not hang a run
 CHUNK = 1 << 16                         # bytes read at a time (64 KiB)
+WAIT_S = 0.5                            # under torchrun, how often the other processes look for the folder
 
 
 class Dataset(NamedTuple):
@@ -71,7 +72,9 @@ def ensure_dataset(path, log=print):
     - an existing folder is returned as it is: never modified, never downloaded again;
     - a missing folder whose last component is a known name (`panda`, ..., or `100-shot-panda`, ...)
       is downloaded and unpacked into exactly that folder (its parent is created if needed);
-    - anything else (another missing folder, a file) is a UsageError, one line saying what to do.
+    - anything else (another missing folder, a file) is a UsageError, one line saying what to do;
+    - under torchrun only the first process of each machine (LOCAL_RANK 0) downloads: the others wait
+      until the folder is there.
     `log` receives the one-line messages (what is fetched, from where, how big; what arrived); the
     progress bar goes to stderr."""
     path = Path(path)
@@ -85,6 +88,12 @@ def ensure_dataset(path, log=print):
     if dataset is None:
         raise UsageError(f"{path}: no such folder (give --path a folder of images, or one of the names "
                          f"that can be fetched: {', '.join(KNOWN_DATASETS)})")
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        # torchrun: the first process of this machine fetches, the others wait for the folder, which
+        # appears whole (one rename). If that process fails, it says why and torchrun stops the others.
+        while not path.is_dir():
+            time.sleep(WAIT_S)
+        return path
     _fetch(dataset, path.name, path, log)
     return path
 

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -155,6 +156,28 @@ def test_short_name_is_fetched_into_that_folder_once(server, tmp_path):
     assert ensure_dataset(str(target), log=logs.append) == target
     assert server.requests == ["/100-shot-panda.zip"]
     assert logs == []
+
+
+def test_under_torchrun_only_the_first_process_of_a_machine_fetches(server, tmp_path, monkeypatch):
+    """torchrun's other processes on a machine (LOCAL_RANK 1, ...) request nothing: each waits until
+    the folder is there, then goes on; the first process (LOCAL_RANK 0) fetches it. A name that cannot
+    be fetched is refused at once in every process."""
+    server.serve("100-shot-panda", dataset_zip())
+    target = tmp_path / "data" / "panda"
+    monkeypatch.setattr(datasets, "WAIT_S", 0.05)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UsageError, match="no such folder"):
+        ensure_dataset(tmp_path / "not-a-dataset", log=lambda m: None)
+    found, logs = [], []
+    other = threading.Thread(target=lambda: found.append(ensure_dataset(target, log=logs.append)))
+    other.start()
+    time.sleep(0.5)
+    assert other.is_alive() and server.requests == [] and not target.exists()    # waiting, nothing fetched
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert ensure_dataset(target, log=lambda m: None) == target                   # the first process fetches
+    other.join(timeout=10)
+    assert not other.is_alive() and found == [target] and logs == []
+    assert server.requests == ["/100-shot-panda.zip"] and sorted(os.listdir(target)) == NAMES
 
 
 def test_full_name_is_fetched_too(server, tmp_path):
