@@ -168,10 +168,11 @@ def test_under_torchrun_only_the_first_process_of_a_machine_fetches(server, tmp_
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(UsageError, match="no such folder"):
         ensure_dataset(tmp_path / "not-a-dataset", log=lambda m: None)
-    found, logs = [], []
+    found, logs, waiting, sleep = [], [], threading.Event(), time.sleep
+    monkeypatch.setattr(datasets.time, "sleep", lambda s: (waiting.set(), sleep(s)))   # the wait's first look
     other = threading.Thread(target=lambda: found.append(ensure_dataset(target, log=logs.append)))
     other.start()
-    time.sleep(0.5)
+    assert waiting.wait(timeout=60)
     assert other.is_alive() and server.requests == [] and not target.exists()    # waiting, nothing fetched
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert ensure_dataset(target, log=lambda m: None) == target                   # the first process fetches
