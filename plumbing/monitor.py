@@ -105,7 +105,7 @@ class LossLog:
             try:
                 self.file.write(json.dumps(row) + "\n")
                 self.file.flush()
-            except OSError as e:   # a full disk: one line that names the file (train.py adds where to resume)
+            except OSError as e:   # a full disk: one line naming the file (disk.resumable_writes adds where to resume)
                 raise WriteFailed(f"cannot write {self.path}: {describe(e)}") from None
 
     def evaluated(self, it, scores):
