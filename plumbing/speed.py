@@ -76,12 +76,13 @@ def add_speed_arguments(parser):
                        "(default: on for CPU)")
     speed.add_argument("--channels_last", nargs="?", const="GD", choices=CHANNELS_LAST, default=None,
                        help="NHWC memory layout for D, or for both networks (no value: GD) (default: GD on "
-                       "CPU, off elsewhere)")
+                       "CPU without --compile, off elsewhere)")
     speed.add_argument("--no-channels_last", dest="channels_last", action="store_const", const=False,
                        help="NCHW memory layout for both networks")
     speed.add_argument("--amp", **flag, help="mixed precision: bf16, or fp16 with loss scaling (default: on "
                        "for a CPU with native bf16, off elsewhere)")
-    speed.add_argument("--compile", **flag, help="torch.compile G and D: minutes of compiling first")
+    speed.add_argument("--compile", **flag, help="torch.compile G and D: minutes of compiling first "
+                       "(measured no faster on a CPU; there NCHW unless --channels_last is given)")
     speed.add_argument("--amp_dtype", choices=("auto", "bf16", "fp16"), default="auto", help="--amp's "
                        "precision. auto: bf16 where the device computes it natively, else fp16 with loss scaling")
     speed.add_argument("--deterministic", action="store_true", help="repeatable results on a GPU: "
@@ -92,6 +93,11 @@ def resolve_speed_flags(args, device):
     """Fill each speed flag left at None with the device's default. Returns {flag: why} for the
     precision (`args.amp`): given on the command line, or the device's default and its reason."""
     why = {"amp": "--amp given" if args.amp else "--no-amp given"} if getattr(args, "amp", None) is not None else {}
+    if device.type == "cpu" and getattr(args, "compile", None) and getattr(args, "channels_last", None) is None:
+        # --compile on the CPU: NCHW unless asked. With both networks in NHWC, torch 2.14.1's compiler
+        # produced G code that crashed the process (a segfault, at 256x256, ngf 64, batch 8, float32);
+        # in NCHW it ran. Compiling was not faster than eager on the CPU anyway (docs/speed.md).
+        args.channels_last = False
     for flag, default in SPEED_DEFAULTS[device.type].items():
         if getattr(args, flag, None) is None:
             if default == "native_bf16":

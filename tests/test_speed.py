@@ -327,6 +327,21 @@ def test_amp_default_follows_the_cpus_bf16_and_an_explicit_flag_wins(monkeypatch
         assert args.fast_upsample is True and args.channels_last == "GD"     # the other defaults stay
 
 
+@pytest.mark.parametrize("flags, layout", [
+    ([], "GD"),                                     # the CPU default
+    (["--compile"], False),                         # compiled: NCHW
+    (["--compile", "--channels_last"], "GD"),       # an explicit layout wins
+    (["--compile", "--channels_last", "D"], "D"),
+])
+def test_compile_on_the_cpu_defaults_to_nchw_and_an_explicit_layout_wins(flags, layout):
+    """--compile on the CPU leaves --channels_last off unless it is given (torch 2.14.1's compiler
+    crashed on both networks in NHWC); the other defaults do not move."""
+    from plumbing.speed import resolve_speed_flags
+    args = bench.parse_args(BENCH_ARGS + flags)
+    resolve_speed_flags(args, torch.device("cpu"))
+    assert args.channels_last == layout and args.fast_upsample is True
+
+
 def test_channels_last_glu_is_nn_glu_through_the_nhwc_view():
     """ChannelsLastGLU takes nn.GLU over the channels of an NHWC map through its (B, H, W, C) view
     (ATen's GLU backward over dim 1 is ~4x slower on NHWC): the same forward bit for bit, the same
