@@ -89,6 +89,7 @@ from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve
 from plumbing.disk import WriteFailed, atomic_write
 from generator import SUPPORTED_SIZES
 from plumbing.images import load_images, save_grid, to_uint8
+from plumbing.monitor import clock
 
 # ------------------------------------------------------------------------------------------------
 # 1. The four variants (Table 2), and the rows of our table
@@ -536,7 +537,8 @@ def table_markdown(rows, diffs, args, command, wall_s, n_real):
 
 
 def format_seconds(s):
-    return time.strftime("%H:%M:%S", time.gmtime(s)) if s >= 60 else f"{s:.1f} s"
+    """A stopwatch reading (hours past 24 counted on: a 30-hour ablation is '30:00:00'); seconds under a minute."""
+    return clock(s) if s >= 60 else f"{s:.1f} s"
 
 
 def output_names(rows):

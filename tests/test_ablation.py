@@ -424,3 +424,9 @@ def test_recon_weights_are_rows_of_the_full_model():
                      (["--recon_weights", "-1"], "--recon_weights must be at least 0")):
         with pytest.raises(ablation.UsageError, match=msg):
             ablation.check_args(ablation.parse_args(["--path", "d", "--iter", "3", *bad]))
+
+
+@pytest.mark.parametrize("seconds, shown", [(5.25, "5.2 s"), (61, "00:01:01"), (30 * 3600, "30:00:00")])
+def test_wall_times_count_the_hours_past_a_day(seconds, shown):
+    """The summary's wall times read as a stopwatch: 30 hours of training is '30:00:00', not '06:00:00'."""
+    assert ablation.format_seconds(seconds) == shown
