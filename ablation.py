@@ -146,7 +146,7 @@ def table_rows(args):
 
 def parse_args(argv=None):
     p = OneLineParser(
-        prog="ablation.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="ablation.py",
         description="FastGAN's ablation (paper Table 2): train baseline, +SLE, +decoders and both with "
                     "the same budget, once per seed, then score them and compare them beyond the "
                     "spread over seeds.")

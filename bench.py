@@ -31,13 +31,12 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
+import losses
 import train
 from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
-from plumbing.distances import pixel_distance
 from diffaug import diff_augment
-from discriminator import crop_quarter
+from discriminator import resize_to_128
 from ema import EMA
 from generator import SUPPORTED_SIZES
 from plumbing.speed import (StepContext, add_speed_arguments, amp_dtype, resolve_speed_flags, speed_flag_argv,
@@ -45,41 +44,32 @@ from plumbing.speed import (StepContext, add_speed_arguments, amp_dtype, resolve
 
 
 def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
-    """The baseline step: one iteration in the authors' order of operations, on this project's
-    networks, DiffAugment, resize and pixel distance, with its losses written out here rather than
-    taken from train.py (so a wrong loss in train.py cannot agree with itself): the same maths and
-    random draws as `train.train_step`, none of its savings (D keeps requires_grad during the G step;
-    a per-parameter EMA loop with a fixed decay). Not what the authors' code runs: two of our choices
-    are kept so that the results can be compared bit for bit, targets and D's 128x128 input resized by
-    area averaging (the authors: nearest) and the pixel reconstruction distance (the authors:
-    LPIPS-VGG, which also costs time)."""
-    B = real.shape[0]
-    z = torch.randn(B, G.nz, device=real.device)
+    """The baseline step: one iteration in the authors' order of operations, without our savings
+    (D keeps requires_grad during the G step, so the G step also computes D's weight gradients; a
+    per-parameter EMA loop with a fixed decay; float32, NCHW, no compile), on this project's networks.
+    The losses are losses.py's, as in `train.train_step`: the same maths and random draws, so on the
+    CPU the two steps give the same bits (tests/test_speed.py). Not what the authors' code runs: it
+    keeps two of our choices so that the results can be compared bit for bit, D's 128x128 input and
+    the decoders' targets resized by area averaging (the authors: nearest) and the pixel
+    reconstruction distance (the authors: LPIPS-VGG, which also costs time)."""
+    z = torch.randn(real.shape[0], G.nz, device=real.device)
     fake_big, fake_128 = G(z)
     real_aug = diff_augment(real, args.policy)
     fake_big_aug = diff_augment(fake_big, args.policy)
     fake_128_aug = diff_augment(fake_128, args.policy)
 
-    def to_128(x):
-        return x if x.shape[-1] == 128 else F.interpolate(x, size=128, mode="area" if x.shape[-1] > 128 else "nearest")
-
     D.zero_grad()
     part = int(torch.randint(4, (1,)))
-    lb, ls, recons = D(real_aug, to_128(real_aug), part=part)
-    pred = torch.cat([lb.view(-1), ls.view(-1)])
-    loss_real = F.relu(torch.rand_like(pred) * 0.2 + 0.8 - pred).mean()
-    def percept(a, b):                      # the authors' LPIPS, here a per-image mean squared error
-        return (a - b).pow(2).mean(dim=(1, 2, 3))
-    loss_recon = (percept(recons["big"], to_128(real_aug)).sum() + percept(recons["small"], to_128(real_aug)).sum()
-                  + percept(recons["part"], to_128(crop_quarter(real_aug, part))).sum())
-    (loss_real + loss_recon).backward()
-    pred = torch.cat([t.view(-1) for t in D(fake_big_aug.detach(), fake_128_aug.detach())])
-    loss_fake = F.relu(torch.rand_like(pred) * 0.2 + 0.8 + pred).mean()
+    logits_big, logits_small, recons = D(real_aug, resize_to_128(real_aug), part=part)
+    loss_real = losses.hinge_real(losses.both_logits(logits_big, logits_small))
+    loss_recon = losses.reconstruction_loss(recons, real_aug, part, losses.pixel_distance(args.recon))
+    (loss_real + args.recon_weight * loss_recon).backward()
+    loss_fake = losses.hinge_fake(losses.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
     loss_fake.backward()
     opt_D.step()
 
     G.zero_grad()
-    loss_g = -torch.cat([t.view(-1) for t in D(fake_big_aug, fake_128_aug)]).mean()   # D's weight gradients too
+    loss_g = losses.generator_loss(losses.both_logits(*D(fake_big_aug, fake_128_aug)))   # D's weight gradients too
     loss_g.backward()
     opt_G.step()
 
@@ -108,19 +98,19 @@ def make_step(kind, args, device, seed=0):
         opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
         opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
         return (lambda: baseline_step(G, D, G_ema, opt_G, opt_D, real, args)), G, D, G_ema
-    G_fast, D_fast = speed_up(G, D, args, device)
+    G_fast, D_fast = speed_up(G, D, args, device, say=lambda line: print(line, file=sys.stderr))
     opt_G, opt_D = train.make_optimizers(G, D, args.lr, device, args.compile)
     ctx = StepContext(device, args.amp, (opt_G, opt_D), dtype=args.amp_dtype)
     ema = EMA(G_ema, G, args.ema)
-    distance = pixel_distance(args.recon)
+    distance = losses.pixel_distance(args.recon)
     if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
     iterations = itertools.count(1)
 
     def step():
-        losses = train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ctx, distance)
+        loss_values = train.train_step(G_fast, D_fast, opt_G, opt_D, real, args, ctx, distance)
         ema.update(next(iterations))
-        return losses
+        return loss_values
     return step, G, D, G_ema
 
 
@@ -206,8 +196,7 @@ def memory_in_subprocess(kind, args):
 
 
 def parse_args(argv=None):
-    p = OneLineParser(description="Time FastGAN's training step on synthetic data.",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description="Time FastGAN's training step on synthetic data.")
     p.add_argument("--im_size", type=int, default=256, help=f"one of {SUPPORTED_SIZES}")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--ngf", type=int, default=64)

@@ -76,8 +76,7 @@ class DownBlockComp(nn.Module):
         )
 
     def forward(self, x):
-        # The halving in place on the fresh sum (same bits as "/ 2"): one map fewer to allocate.
-        return (self.main(x) + self.direct(x)).div_(2)   # (B, c_out, H/2, W/2)
+        return (self.main(x) + self.direct(x)) / 2   # (B, c_out, H/2, W/2)
 
 
 class Decoder(nn.Module):

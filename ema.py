@@ -18,8 +18,8 @@ whether it is better in practice, and both are handled here:
 2. BatchNorm statistics. G's BatchNorm layers keep running averages of the statistics of G's own
    feature maps, and eval mode normalises with them. The average of G's weights is a different
    network, whose feature maps have other statistics: averaging G's running statistics gives the
-   EMA generator statistics that are not its own, and its eval-mode samples wash out (a flat grey
-   image, measured). So the EMA generator's running statistics are recomputed from its own forward
+   EMA generator statistics that are not its own, and its eval-mode samples wash out towards a flat
+   grey image. So the EMA generator's running statistics are recomputed from its own forward
    passes (`recompute_batchnorm_statistics`) before every use for output: the training grids,
    `--eval_every`, and every checkpoint as written (so sample.py, metrics and the ablation read a
    generator that is ready to use).
@@ -51,7 +51,7 @@ class EMA:
 
     Averaged: G's parameters. Copied: spectral norm's power-iteration vectors (buffers that follow
     the weights). Not touched: BatchNorm's statistics, recomputed instead (see the module's text).
-    The tensor lists are built once; each update is one fused `_foreach_lerp_` over all of them."""
+    The pairs of tensors are listed once, when the EMA is made."""
 
     def __init__(self, G_ema, G, decay=0.999):
         self.decay = decay
@@ -65,8 +65,11 @@ class EMA:
     @torch.no_grad()
     def update(self, iteration):
         """Fold G's weights after `iteration` (1, 2, ...) into the average."""
-        torch._foreach_lerp_(self.avg_dst, self.avg_src, 1.0 - ema_decay(iteration, self.decay))
-        torch._foreach_copy_(self.copy_dst, self.copy_src)
+        weight = 1.0 - ema_decay(iteration, self.decay)
+        for avg, p in zip(self.avg_dst, self.avg_src):
+            avg.lerp_(p, weight)          # avg + weight * (p - avg): the running average, updated
+        for dst, src in zip(self.copy_dst, self.copy_src):
+            dst.copy_(src)
 
 
 @torch.no_grad()
@@ -77,8 +80,8 @@ def recompute_batchnorm_statistics(G, batch_size=8, batches=16, seed=0, classes=
     The latents and noise come from a generator seeded with `seed`: the result is a function of G's
     weights alone, and the run's random numbers are untouched. Only the BatchNorm layers run in
     training mode; everything else (spectral norm's power iteration included) stays in eval mode.
-    Cost: `batches` forward passes of G without gradients (16 x 8 images: about 2% of 1000 training
-    iterations). A class-conditional G (`classes` > 0, conditional.py) gets labels drawn uniformly over
+    Cost: `batches` forward passes of G without gradients (no backward, no D), before each grid,
+    evaluation and checkpoint. A class-conditional G (`classes` > 0, conditional.py) gets labels drawn uniformly over
     its classes by the same generator, after each batch's latents and noise. Returns G in eval mode."""
     bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     G.eval()

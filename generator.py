@@ -75,8 +75,9 @@ def init_weights(net):
     vectors u, v; torch's parametrization runs 15 iterations when it is applied, so it is applied anew
     after the redraw, on the new weights (then one iteration per training forward).
     Where this differs from the authors' code: their hook-based spectral_norm starts u and v at random
-    and runs one iteration per training forward, so their first forward divides each conv by an estimate
-    about 20% below sigma; ours starts about 2% below (G at 256x256, ngf 64; docs/measurements.md)."""
+    and runs one iteration per training forward, so their first forwards divide each conv by an
+    estimate of sigma that is still too low; ours starts from a converged one (the two are measured
+    side by side in docs/measurements.md)."""
     for m in list(net.modules()):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             normed = parametrize.is_parametrized(m, "weight")
@@ -91,12 +92,11 @@ def init_weights(net):
 
 
 class NoiseInjection(nn.Module):
-    """x + w * n with one learned scalar w (initialised to 0) and n ~ N(0, 1) of shape (B, 1, H, W).
+    """x + w * n with one learned scalar w (initialised to 0) and n ~ N(0, 1) of shape (B, 1, H, W):
+    StyleGAN's per-pixel noise, one map broadcast over all channels, its strength learned.
 
     The noise is passed in, not drawn here: `Generator.draw_noise` draws every injection's noise at
     once, so a caller can fix it (same seed, same image) and share it between two latents (style mixing).
-    Where x and w * n have one dtype the sum is written into x (in place): here x is always a
-    convolution's fresh output, read by nothing else.
     """
 
     def __init__(self):
@@ -104,13 +104,7 @@ class NoiseInjection(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, x, noise):
-        n = self.weight * noise          # (1,) * (B, 1, H, W) -> (B, 1, H, W)
-        if x.dtype == n.dtype:
-            # In place: x is a convolution's output, which its backward does not keep, so adding into
-            # it saves allocating one more map of x's size ((8, 128, 128, 128), 64 MB, in a 256 model).
-            return x.add_(n)             # (B, C, H, W)
-        # Under bf16 autocast x is bf16 and n float32: out of place, the sum is float32 as without it.
-        return x + n                     # (B, C, H, W)
+        return x + self.weight * noise   # (B, C, H, W) + (1,) * (B, 1, H, W) -> (B, C, H, W)
 
 
 class UpBlock(nn.Module):
@@ -127,9 +121,6 @@ class UpBlock(nn.Module):
         self.glu = nn.GLU(dim=1)
 
     def forward(self, x):
-        # On the CPU default (--fast_upsample), plumbing/speed.py's fold_upsample replaces `up` by an
-        # identity and `conv` by one equivalent stride-2 transposed conv of the small map: the same
-        # (B, 2*c_out, 2H, 2W) result, without the upsampled (B, c_in, 2H, 2W) map.
         x = self.up(x)      # (B, c_in, 2H, 2W)
         x = self.conv(x)    # (B, 2*c_out, 2H, 2W)
         x = self.bn(x)      # (B, 2*c_out, 2H, 2W)
@@ -153,7 +144,6 @@ class UpBlockComp(nn.Module):
         self.glu = nn.GLU(dim=1)
 
     def forward(self, x, noise):
-        # up + conv1: one transposed conv on the CPU default (speed.fold_upsample; see UpBlock)
         x = self.conv1(self.up(x))                                    # (B, 2*c_out, 2H, 2W)
         x = self.glu(self.bn1(self.noise1(x, noise[0])))              # (B, c_out, 2H, 2W)
         x = self.glu(self.bn2(self.noise2(self.conv2(x), noise[1])))  # (B, c_out, 2H, 2W)

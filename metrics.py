@@ -62,9 +62,8 @@ PATCH = 7                 # ProGAN §5: 7x7 neighbourhoods, 3 colour channels ->
 BINOMIAL_5 = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
 
 # Memory bounds: how many pixels of one colour channel a chunk of images may hold while the pyramid
-# is built (2^21 = 32 images of 256x256: 25 MB as float32, ~200 MB with the temporaries),
-# and how many projected values (descriptors x directions) one matrix product may produce (2^25
-# floats = 128 MB per set). Results do not depend on these numbers, only peak memory does.
+# is built (2^21 = 32 images of 256x256), and how many projected values (descriptors x directions)
+# one matrix product may produce (2^25 floats per set). Results do not depend on these numbers, only peak memory does.
 _CHUNK_PIXELS = 2 ** 21
 _PROJECTION_BUDGET = 2 ** 25
 
@@ -74,7 +73,7 @@ def _filter_1d(y, dim, gain, stride):
     both ends of that axis: length L + 4 -> L / stride. Output pixel i is
         gain * (y[i] + 4 y[i+1] + 6 y[i+2] + 4 y[i+3] + y[i+4]) / 16,   i = 0, stride, 2 stride, ...
     written as five shifted views of y (no copies) added up: the same numbers as a convolution with
-    the kernel, and ~3x faster on the CPU than F.conv2d with one input channel."""
+    the kernel, and faster on the CPU than F.conv2d with one input channel."""
     length = y.shape[dim] - 4
     index = [slice(None)] * y.ndim
     taps = []
@@ -227,7 +226,7 @@ def sliced_wasserstein(a, b, n_projections, gen_dirs, gen_sample):
     for j in range(0, n_projections, step):
         # Projections laid out one direction per row, (p, M), so each sort runs over contiguous
         # memory. The sort itself is numpy's (same float32 values, a view, no copy): its vectorised
-        # sort is ~10x faster than torch.sort on the CPU, and sorting is most of SWD's cost.
+        # sort is faster than torch.sort on the CPU, and sorting is most of SWD's cost.
         pa = np.sort((dirs[:, j:j + step].T @ a.T).numpy(), axis=1)   # (p, M) each row sorted
         pb = np.sort((dirs[:, j:j + step].T @ b.T).numpy(), axis=1)   # (p, M)
         total += np.abs(pa - pb).sum(dtype=np.float64)            # sum of 1-D transport costs

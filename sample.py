@@ -377,8 +377,7 @@ def save_gif(frames_uint8, path, max_size=GIF_MAX_SIZE, frame_ms=GIF_FRAME_MS):
 # ------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = OneLineParser(prog="sample.py", description="Sample from a trained FastGAN checkpoint (see the module docstring).",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog="sample.py", description="Sample from a trained FastGAN checkpoint (see the module docstring).")
     p.add_argument("--ckpt", default=None, help="a checkpoint written by train.py (every mode but --timelapse)")
     p.add_argument("--timelapse", default=None, metavar="RUN_DIR",
                    help="write RUN_DIR/images/progress.gif from the run's sample grids (no checkpoint needed)")

@@ -8,9 +8,9 @@ This file is the method, in the paper's order:
   1. the arguments, with the paper's defaults;
   2. the data: a few-shot folder of images (fetched by name the first time, see plumbing/datasets.py);
   3. the networks (generator.py, discriminator.py), Adam, and the EMA generator (ema.py);
-  4. the losses: D's hinge loss (Eq. 3), the decoders' reconstruction loss (Eq. 2), G's loss (Eq. 4);
-  5. one training iteration, `train_step`;
-  6. the loop: log, grids, checkpoints.
+  4. one training iteration, `train_step`, with the losses of losses.py: D's hinge loss (Eq. 3),
+     the decoders' reconstruction loss (Eq. 2), G's loss (Eq. 4);
+  5. the loop: log, grids, checkpoints.
 The machinery around it is in plumbing/ (its __init__.py lists it) and may be skipped on a first
 reading; not in the paper, conditional.py (BigGAN's classes and orthogonal regularisation).
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+import losses
 import metrics
 from plumbing.checkpoint import checkpoint_state, load_optimizer_state, resume_state, set_rng_state, write_checkpoints
 from plumbing.cli import OneLineParser, UsageError, add_device_argument
@@ -37,7 +37,7 @@ from plumbing.datasets import ensure_dataset
 from plumbing.disk import DEFAULT_KEEP, WriteFailed, resumable_writes, start_run_folder
 from plumbing.distances import reconstruction_distance
 from diffaug import diff_augment
-from discriminator import Discriminator, crop_quarter, resize_to_128
+from discriminator import Discriminator, resize_to_128
 from plumbing.distributed import agree, first_of_all, setup_distributed, shutdown, unwrap, wrap_distributed
 from ema import EMA, recompute_batchnorm_statistics
 from generator import SUPPORTED_SIZES, Generator
@@ -52,8 +52,7 @@ from plumbing.watch import require_tensorboard
 # ------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = OneLineParser(description="Train FastGAN (Liu et al., ICLR 2021) on a folder of images.",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description="Train FastGAN (Liu et al., ICLR 2021) on a folder of images.")
     add = p.add_argument
     add("--path", required=True, help="folder of training images (searched recursively), or a dataset "
         "name to fetch into that folder the first time: data/panda, data/obama, ... (see plumbing/datasets.py)")
@@ -69,9 +68,8 @@ def parse_args(argv=None):
     add("--policy", default="color,translation", help="DiffAugment policy ('' for none)")
     add("--recon", choices=("mse", "l1", "lpips"), default="mse", help="per-image distance of L_recons "
         "(Eq. 2): pixels, or the authors' LPIPS (pip install lpips; VGG weights download on first use)")
-    add("--recon_weight", type=float, default=1.0, help="weight of L_recons in D's loss. 1, as Eq. 3 adds it: with "
-        "the pixel MSE it is 2-3.5x D's hinge terms, and weights 3 and 10 scored no better beyond the spread "
-        "of 3 seeds (docs/ablation.md)")
+    add("--recon_weight", type=float, default=1.0, help="weight of L_recons in D's loss (Eq. 3 adds it with "
+        "weight 1; docs/ablation.md compares others)")
     add("--ema", type=float, default=0.999, help="long-run decay of the EMA generator (ramped up, see ema.py)")
     add("--seed", type=int, default=0, help="seed of every random draw of the run")
     add_device_argument(p)
@@ -146,41 +144,7 @@ def make_optimizers(G, D, lr, device, compile=False):
 
 
 # ------------------------------------------------------------------------------------------------
-# 4. Losses: hinge (Eq. 3-4) and reconstruction (Eq. 2)
-# ------------------------------------------------------------------------------------------------
-
-def hinge_real(logits):
-    """D's hinge loss on reals (Eq. 3): E[relu(m - D(x))], margin m ~ U[0.8, 1] as in the authors' code."""
-    return F.relu(torch.rand_like(logits) * 0.2 + 0.8 - logits).mean()
-
-
-def hinge_fake(logits):
-    """D's hinge loss on fakes (Eq. 3): E[relu(m + D(G(z)))], m ~ U[0.8, 1]."""
-    return F.relu(torch.rand_like(logits) * 0.2 + 0.8 + logits).mean()
-
-
-def both_logits(logits_big, logits_small):
-    """D's two 5x5 logit maps (B, 1, 5, 5) each, as one vector (2 * B * 25,): both count equally."""
-    return torch.cat([logits_big.flatten(), logits_small.flatten()]).float()
-
-
-def reconstruction_loss(recons, real_aug, part, distance):
-    """L_recons of Eq. 2 for each of D's decoders (none in the --no_recon ablation: zero), in the
-    authors' form: one distance per image, summed over the images of the batch, summed over decoders.
-    A sum, not a mean, so the term grows with the batch as theirs does (8x a per-image mean at batch 8).
-
-    The targets are what D was shown: the *augmented* real image resized to 128x128 for decoder_big
-    and decoder_small, and its quarter `part` resized to 128x128 for decoder_part."""
-    targets = {"big": resize_to_128(real_aug), "small": resize_to_128(real_aug),   # (B, C, 128, 128)
-               "part": resize_to_128(crop_quarter(real_aug, part))}                # (B, C, 128, 128)
-    loss = torch.zeros((), device=real_aug.device)
-    for name, rec in recons.items():
-        loss = loss + distance(rec.float(), targets[name].float()).sum()          # (B,) -> ()
-    return loss
-
-
-# ------------------------------------------------------------------------------------------------
-# 5. One training iteration
+# 4. One training iteration (the losses, Eq. 2-4, are in losses.py)
 # ------------------------------------------------------------------------------------------------
 
 def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0):
@@ -202,12 +166,12 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0)
     with ctx.local(D):                                             # DDP: average once, after the fakes
         with ctx.autocast():
             logits_big, logits_small, recons = D(real_aug, resize_to_128(real_aug), part=part, y=y)
-            loss_real = hinge_real(both_logits(logits_big, logits_small))
+            loss_real = losses.hinge_real(losses.both_logits(logits_big, logits_small))
             # A sum over the images; under torchrun, over the global batch (see StepContext.processes).
-            loss_recon = reconstruction_loss(recons, real_aug, part, distance) * ctx.processes
+            loss_recon = losses.reconstruction_loss(recons, real_aug, part, distance) * ctx.processes
         ctx.backward(loss_real + args.recon_weight * loss_recon, opt_D)
     with ctx.autocast():        # G's outputs detached: this pass trains D only
-        loss_fake = hinge_fake(both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach(), y=y)))
+        loss_fake = losses.hinge_fake(losses.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach(), y=y)))
     ctx.backward(loss_fake, opt_D)
     ctx.step(opt_D)
 
@@ -216,7 +180,7 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0)
     opt_G.zero_grad(set_to_none=True)
     with ctx.local(D):                                             # D's DDP has nothing to average here
         with ctx.autocast():
-            loss_g = -both_logits(*D(fake_big_aug, fake_128_aug, y=y)).mean()
+            loss_g = losses.generator_loss(losses.both_logits(*D(fake_big_aug, fake_128_aug, y=y)))
         ctx.backward(loss_g + orthogonal_penalty(G, ortho), opt_G)   # BigGAN §3.1; 0 unless --ortho
     ctx.step(opt_G)
     return {"d_real": loss_real.detach(), "d_fake": loss_fake.detach(),
@@ -224,7 +188,7 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0)
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. The loop
+# 5. The loop
 # ------------------------------------------------------------------------------------------------
 
 def train(args):
@@ -254,7 +218,7 @@ def train(args):
         G.load_state_dict(state["G"]), D.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (G, D))
     nets = (G, D, G_ema)                           # the plain modules, whose weights checkpoints hold
-    G, D = speed_up(G, D, args, device, world)     # same function, faster (before Adam sees the weights)
+    G, D = speed_up(G, D, args, device, world, say)  # same function, faster (before Adam sees the weights)
     opt_G, opt_D = make_optimizers(G, D, args.lr, device, args.compile)
     ctx = StepContext(device, args.amp, (opt_G, opt_D), processes=world, dtype=args.amp_dtype)
     distance = reconstruction_distance(args.recon, device)        # Eq. 2's per-image distance
@@ -285,11 +249,11 @@ def train(args):
         with StopSignal(say, repeat_aborts=world == 1) as stop, resumable_writes(ckpt_dir):  # disk full: 1 line
             while it < args.iter:
                 real, y = data.labelled_batch(batch)   # (B, 3, S, S) in [-1, 1], (B,) or None
-                losses = train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y, args.ortho)
+                loss_values = train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y, args.ortho)
                 it += 1
                 if ema is not None:
                     ema.update(it)
-                log.add(losses, it)
+                log.add(loss_values, it)
 
                 at_log = it % args.log_every == 0 or it in (start + 1, args.iter)    # a first line at once
                 at_save = it % args.save_every == 0 or it == args.iter

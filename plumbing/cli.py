@@ -16,8 +16,26 @@ class UsageError(Exception):
     The message names the file or flag at fault and says what to do instead."""
 
 
+class DefaultOnceFormatter(argparse.HelpFormatter):
+    """--help shows each flag's default once: appended as "(default: X)" unless the help text already
+    says its default, and not at all for a switch (off unless given) or a default of None (which the
+    help text explains)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or action.option_strings == [] or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line on stderr (the usage is in --help), exit code 2."""
+    """argparse, but a bad command line is one line on stderr (the usage is in --help), exit code 2,
+    and each default is shown once in --help (DefaultOnceFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultOnceFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

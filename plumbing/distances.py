@@ -1,28 +1,20 @@
-"""The per-image distances of D's reconstruction loss L_recons (paper §3.2, Eq. 2), in one place.
+"""The distance inside D's reconstruction loss L_recons (paper §3.2, Eq. 2), chosen by `--recon`.
 
 Eq. 2 compares each decoder's output with its target through a distance; the authors' code uses
-LPIPS on VGG features (Zhang et al. 2018). Here the default is a pixel distance, which needs no
-downloaded weights, and LPIPS is the optional `--recon lpips`. Each returns one value per image,
-(B, C, 128, 128) x2 -> (B,); train.reconstruction_loss sums them over the batch, as the authors do.
-A pixel MSE and LPIPS are different distances on different scales, so at the same `--recon_weight`
-the term does not pull on D equally hard. Measured with the pixel MSE at weight 1 (docs/ablation.md):
-L_recons is 3.5 times D's two hinge terms over a run's first 50 iterations and 2.1 times over its
-last 50 (400 iterations, 128x128); weights 3 and 10 scored no better beyond the spread over 3 seeds.
+LPIPS on VGG features (Zhang et al. 2018). The default here is a pixel distance
+(`losses.pixel_distance`), which needs no downloaded weights; LPIPS is the optional `--recon lpips`,
+loaded here because it is an optional extra that downloads its weights. Each returns one value per
+image, (B, C, 128, 128) x2 -> (B,); losses.reconstruction_loss sums them over the batch, as the
+authors do. A pixel MSE and LPIPS are different distances on different scales, so at the same
+`--recon_weight` the term does not pull on D equally hard (docs/ablation.md measures the terms).
 
-Used by train.py (and bench.py, metrics.py); imports nothing of ours but `cli.UsageError`.
+Used by train.py; imports losses.py and `cli.UsageError`.
 """
 
 import warnings
 
+from losses import pixel_distance
 from plumbing.cli import UsageError
-
-
-def pixel_distance(kind):
-    """One distance per image, (B, C, 128, 128) x2 -> (B,): the mean over channels and pixels of the
-    squared (mse) or absolute (l1) difference."""
-    if kind == "mse":
-        return lambda a, b: (a - b).pow(2).mean(dim=(1, 2, 3))
-    return lambda a, b: (a - b).abs().mean(dim=(1, 2, 3))
 
 
 def lpips_distance(device):

@@ -36,18 +36,18 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 
-from generator import UpBlock, UpBlockComp
+from generator import Generator, UpBlock, UpBlockComp
 from plumbing.cli import UsageError
 
-# None on the command line means the device's default. On the CPU: the fold makes the step about 25%
-# faster at 256x256, ngf 64; channels_last for both networks ("GD") ~16% faster in float32 than D
-# alone did before GLU was made fast in NHWC (`ChannelsLastGLU`), and faster than D alone or neither
-# with AVX2 kernels too (oneDNN's transposed, strided and low-channel convolutions skip their layout
-# copies in NHWC); bf16 autocast ("native_bf16": on where the CPU computes bf16 natively, see
-# `cpu_bf16_is_native`) is faster on a CPU with bf16 units and 1.7x (AVX-512) to ~15x (AVX2) slower
-# on one without; figures in docs/speed.md. On CUDA every option stays off until measured there.
+# None on the command line means the device's default. On the CPU each option is on because
+# `bench.py --compare` measured the step faster with it (docs/speed.md has the figures): the fold
+# (fewer multiply-adds, no upsampled map), channels_last for both networks (oneDNN's transposed,
+# strided and low-channel convolutions skip their layout copies in NHWC), and bf16 autocast where the
+# CPU computes bf16 natively ("native_bf16", see `cpu_bf16_is_native`; emulated bf16 is slower than
+# float32). On CUDA every option stays off until measured there.
 SPEED_DEFAULTS = {
     "cpu": {"fast_upsample": True, "channels_last": "GD", "amp": "native_bf16", "compile": False},
     "cuda": {"fast_upsample": False, "channels_last": False, "amp": False, "compile": False},
@@ -71,8 +71,8 @@ def add_speed_arguments(parser):
     """The four speed flags, shared by train.py and bench.py. None (not given) means the device's default."""
     speed = parser.add_argument_group("speed (see speed.py; default: on where measured faster on the device)")
     flag = dict(action=argparse.BooleanOptionalAction, default=None)
-    speed.add_argument("--fast_upsample", **flag, help="each up-block's upsample + 3x3 conv as one "
-                       "stride-2 transposed conv (maps of 8x8 and up): same function, 2.25x fewer FLOPs "
+    speed.add_argument("--fast_upsample", **flag, help="each up-block's nearest x2 + 3x3 conv as one "
+                       "stride-2 transposed conv, the same function, in the blocks checked to be that pair "
                        "(default: on for CPU)")
     speed.add_argument("--channels_last", nargs="?", const="GD", choices=CHANNELS_LAST, default=None,
                        help="NHWC memory layout for D, or for both networks (no value: GD) (default: GD on "
@@ -81,8 +81,8 @@ def add_speed_arguments(parser):
                        help="NCHW memory layout for both networks")
     speed.add_argument("--amp", **flag, help="mixed precision: bf16, or fp16 with loss scaling (default: on "
                        "for a CPU with native bf16, off elsewhere)")
-    speed.add_argument("--compile", **flag, help="torch.compile G and D: minutes of compiling first "
-                       "(measured no faster on a CPU; there NCHW unless --channels_last is given)")
+    speed.add_argument("--compile", **flag, help="torch.compile G and D after minutes of compiling (on the "
+                       "CPU in NCHW unless --channels_last is given)")
     speed.add_argument("--amp_dtype", choices=("auto", "bf16", "fp16"), default="auto", help="--amp's "
                        "precision. auto: bf16 where the device computes it natively, else fp16 with loss scaling")
     speed.add_argument("--deterministic", action="store_true", help="repeatable results on a GPU: "
@@ -142,7 +142,7 @@ def cpu_bf16_probes():
     The first two follow the environment (ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2 lower
     them); the third is the hardware's, read by cpuinfo. oneDNN says yes on every AVX-512 CPU, also
     on those without bf16 instructions (Skylake to Ice Lake Xeons, Ice and Tiger Lake laptops): there
-    it converts bf16 with AVX-512 integer instructions, and a step is ~1.7x slower than in float32
+    it converts bf16 with AVX-512 integer instructions, and a step is slower than in float32
     (docs/speed.md). A torch without the third probe counts as no bf16 instructions (float32)."""
     try:
         bf16_instructions = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -156,8 +156,9 @@ def cpu_bf16_is_native():
     """(True, why) when bf16 autocast runs on the CPU's own bf16 units, (False, why) when it would be
     emulated. Native needs all three probes: oneDNN's bf16 kernels (the convolutions, most of a step),
     ATen's AVX-512 kernels (BatchNorm, GLU and the elementwise work in bf16) and the CPU's bf16
-    instructions. With AVX2 only, or a oneDNN without bf16, each bf16 value is converted in software
-    (~15x slower than float32); on AVX-512 without bf16 instructions, ~1.7x slower."""
+    instructions. With AVX2 only, or a oneDNN without bf16, each bf16 value is converted in software;
+    on AVX-512 without bf16 instructions, with integer instructions: both slower than float32
+    (docs/speed.md)."""
     onednn_bf16, isa, bf16_instructions = cpu_bf16_probes()
     native = bool(onednn_bf16) and isa.upper().startswith(("AVX512", "AMX")) and bool(bf16_instructions)
     return native, (f"default on this CPU: bf16 {'native' if native else 'emulated'} "
@@ -193,65 +194,176 @@ def upsample_conv3x3(x, weight):
     x (B, C_in, H, W), weight (C_out, C_in, 3, 3) -> (B, C_out, 2H, 2W)."""
     # conv_transpose2d wants its weight as (C_in, C_out, kH, kW): fold the transposed view, so that the
     # 4x4 kernel is built in that order and is contiguous (no copy of it before the call, none of its
-    # gradient after; at ngf 64 G's first kernel is 1024 x 1024 x 4 x 4, 67 MB).
+    # gradient after; at ngf 64 G's first folded kernel is 512 x 512 x 4 x 4 floats).
     w = weight.transpose(0, 1)                                         # (C_in, C_out, 3, 3), a view
     r0, r1, r2 = w.unbind(-2)                                          # the kernel's rows, (C_in, C_out, 3)
     k = torch.stack([_fold_3x3_to_4x4(r) for r in (r2, r1 + r2, r0 + r1, r0)], dim=-2)  # rows folded as columns
     return F.conv_transpose2d(x, k, stride=2, padding=1)               # (C_in, C_out, 4, 4) -> (B, C_out, 2H, 2W)
 
 
-# The smallest map the fold is used on. On G's 4x4 map (1024 channels at ngf 64) oneDNN's transposed
-# convolution is ~3x slower than the plain 3x3 convolution of the upsampled 8x8 map (394 against 127 ms
-# forward and backward, float32); from 8x8 on, the fold is as fast or faster (82 against 105 ms at
-# 8x8, 57 against 108 ms at 16x16). docs/speed.md has the measurements.
+# The smallest map the fold is used on: on smaller maps (G's 4x4 input map) oneDNN's transposed
+# convolution was measured slower than the upsample and plain convolution (docs/speed.md), so the
+# block that reads a 4x4 map is left as written.
 FOLD_FROM = 8
 
 
+class FoldedUpsample(nn.Identity):
+    """Stands where an up-block's `nn.Upsample` stood once the fold has moved the upsampling into the
+    next convolution (`UpsampleConv3x3`): it passes the small map on unchanged, and says so in print(G)."""
+
+    def extra_repr(self):
+        return "nearest x2: done by the next conv (UpsampleConv3x3)"
+
+
 class UpsampleConv3x3(nn.Conv2d):
-    """A 3x3 conv that expects the map *before* the nearest x2 upsample and applies both at once
-    (`upsample_conv3x3`); on a map smaller than FOLD_FROM it upsamples, then convolves (the same
-    function). Its parameters, spectral norm included, are those of the conv it replaces, under the
-    same names, so checkpoints do not depend on the option."""
+    """A 3x3 conv (stride 1, padding 1) that takes the map *before* a nearest x2 upsample and applies
+    both at once (`upsample_conv3x3`). Its parameters, spectral norm included, are those of the conv it
+    replaces, under the same names, so checkpoints do not depend on the option."""
 
     def forward(self, x):
-        if x.shape[-1] < FOLD_FROM:
-            return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), self.weight, padding=1)
-        return upsample_conv3x3(x, self.weight)
+        return upsample_conv3x3(x, self.weight)   # (B, C_in, H, W) -> (B, C_out, 2H, 2W)
+
+    def extra_repr(self):
+        return super().extra_repr() + ", after a nearest x2 upsample: one stride-2 4x4 transposed conv"
 
 
-def fold_upsample(net):
-    """Replace, in every up-block of `net` (G's, and D's decoders'), the pair `up` (nearest x2) + the
-    first 3x3 conv by one `UpsampleConv3x3` holding that conv's weights. Call before the optimisers
-    are made: the replaced convs' parameters are new tensors (with the same values)."""
-    for block in net.modules():
-        if not isinstance(block, (UpBlock, UpBlockComp)):
-            continue
-        name = "conv" if isinstance(block, UpBlock) else "conv1"
-        old = getattr(block, name)
-        with torch.random.fork_rng(devices=[]):   # building the new conv draws no number of the run's
-            new = spectral_norm(UpsampleConv3x3(old.in_channels, old.out_channels, 3, 1, 1, bias=False))
-        new.load_state_dict(old.state_dict())     # the same weight and power-iteration vectors
-        new.to(old.weight.device).train(old.training)
-        setattr(block, name, new)
-        block.up = nn.Identity()
-    return net
+def _why_not_foldable(block):
+    """None if `block` is an up-block the fold knows: `up` = nn.Upsample(scale_factor=2, mode='nearest')
+    followed by its first conv, a plain 3x3 nn.Conv2d with stride 1, padding 1, no bias. Otherwise the
+    reason, in a few words."""
+    up, conv = getattr(block, "up", None), getattr(block, _first_conv_name(block), None)
+    if not isinstance(up, nn.Upsample):
+        return f"its upsampling is {type(up).__name__}, not nn.Upsample"
+    if up.mode != "nearest":
+        return f"it upsamples with mode={up.mode!r}, not 'nearest'"
+    if up.size is not None or up.scale_factor not in (2, 2.0, (2, 2), (2.0, 2.0)):
+        return f"it upsamples by scale_factor={up.scale_factor!r}, size={up.size!r}, not x2"
+    kind = parametrize.type_before_parametrizations(conv) if conv is not None else None
+    if kind is not nn.Conv2d:
+        return f"its first conv is {getattr(kind, '__name__', kind)}, not nn.Conv2d"
+    params = dict(getattr(conv, "parametrizations", {}).items())     # {tensor name: its parametrizations}
+    if set(params) - {"weight"} or not all(isinstance(p, _SpectralNorm) for p in params.get("weight", [])):
+        return "its first conv has a parametrization other than spectral norm on its weight"
+    shape = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                 padding_mode="zeros")
+    for attr, want in shape.items():
+        if getattr(conv, attr) != want:
+            return f"its first conv has {attr}={getattr(conv, attr)!r}, not {want!r}"
+    if conv.bias is not None:
+        return "its first conv has a bias"
+    return None
+
+
+def _first_conv_name(block):
+    return "conv1" if isinstance(block, UpBlockComp) else "conv"
+
+
+def _folded_conv(old):
+    """An UpsampleConv3x3 with `old`'s weight (and spectral norm's vectors, when `old` has them)."""
+    with torch.random.fork_rng(devices=[]):   # building the new conv draws no number of the run's
+        new = UpsampleConv3x3(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
+        if parametrize.is_parametrized(old, "weight"):
+            new = spectral_norm(new)
+    new.load_state_dict(old.state_dict())     # the same weight and power-iteration vectors
+    return new.to(old.weight.device).train(old.training)
+
+
+def _example_call(net):
+    """A zero-argument function running `net` (a Generator or Discriminator) on a batch of 2 random
+    inputs drawn from a private generator, decoders included."""
+    g = torch.Generator().manual_seed(0)
+    device = next(net.parameters()).device
+    if isinstance(net, Generator):
+        z = torch.randn(2, net.nz, generator=g).to(device)
+        y = torch.zeros(2, dtype=torch.long, device=device) if net.class_embedding is not None else None
+        return lambda: net(z, y=y)
+    img = torch.rand(2, net.nc, net.im_size, net.im_size, generator=g).to(device) * 2 - 1
+    img_128 = torch.rand(2, net.nc, 128, 128, generator=g).to(device) * 2 - 1
+    return lambda: net(img, img_128, part=0)
+
+
+def fold_upsample(net, name="net"):
+    """Fold each up-block of `net` (G's, and those of D's decoders) whose upsample + first conv is the
+    pair the fold knows: `up` becomes a FoldedUpsample and the conv an UpsampleConv3x3 with the same
+    weights. A block is folded only after two checks: its modules are exactly the known pair
+    (`_why_not_foldable`), and the block gives the same output folded as written, on the input it gets
+    in one forward of `net` (so a block whose forward was edited to do something between the two is
+    left alone). Every other block is left as written. Call before the optimisers are made: a folded
+    conv's parameters are new tensors (with the same values).
+
+    Returns (the number of blocks folded, ['NAME.PATH (why)', ...] for each block left as written)."""
+    blocks = {path: m for path, m in net.named_modules() if isinstance(m, (UpBlock, UpBlockComp))}
+    calls = {}
+    hooks = [m.register_forward_pre_hook(functools.partial(_remember_call, calls, path), with_kwargs=True)
+             for path, m in blocks.items()]
+    was_training = {m: m.training for m in net.modules()}
+    net.eval()                                # no running statistics or power iterations move
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            _example_call(net)()
+            folded, left = 0, []
+            for path, block in blocks.items():
+                why = _why_not_foldable(block) or _why_not_same(block, calls.get(path))
+                if why:
+                    left.append(f"{name}.{path} ({why})")
+                else:
+                    folded += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        net.train(was_training[net])          # the new modules too
+        for m, training in was_training.items():
+            m.training = training
+    return folded, left
+
+
+def _remember_call(calls, path, module, args, kwargs):
+    calls.setdefault(path, (args, kwargs))
+
+
+def _why_not_same(block, call):
+    """Fold `block` and check that it computes what it did, on its remembered call; if it does not,
+    put the block back as it was and say why. Returns None once folded."""
+    if call is None:
+        return "it did not run in a forward of the network"
+    args, kwargs = call
+    if args[0].shape[-1] < FOLD_FROM:
+        return f"its input is {args[0].shape[-1]}x{args[0].shape[-1]}; the fold is slower below {FOLD_FROM}x{FOLD_FROM}"
+    conv_name = _first_conv_name(block)
+    up, conv = block.up, getattr(block, conv_name)
+    before = block(*args, **kwargs)
+    block.up, new = FoldedUpsample(), _folded_conv(conv)
+    setattr(block, conv_name, new)
+    try:
+        after = block(*args, **kwargs)
+        error = (after - before).abs().max().item() if after.shape == before.shape else float("inf")
+    except RuntimeError:                      # e.g. a shape that no longer fits
+        error = float("inf")
+    if error <= 1e-4 * max(before.abs().max().item(), 1.0):
+        return None
+    block.up = up
+    setattr(block, conv_name, conv)
+    return "folded, it computed something else: its forward is not upsample then conv"
 
 
 # ------------------------------------------------------------------------------------------------
 # Applying the options, and the step's context
 # ------------------------------------------------------------------------------------------------
 
-def speed_up(G, D, args, device, processes=1):
+def speed_up(G, D, args, device, processes=1, say=None):
     """Apply the speed options to freshly built networks (before the optimisers are made); returns
     the (possibly compiled) networks to train with. The plain modules stay reachable through
-    distributed.unwrap, and their state_dict keys do not depend on any option. Under torchrun
-    (`processes` > 1) --compile is left to distributed.wrap_distributed, which compiles the DDP
-    modules, as PyTorch advises (its DDPOptimizer then splits the graphs at DDP's gradient buckets)."""
+    distributed.unwrap, and their state_dict keys do not depend on any option. `say`, if given, is
+    handed one line naming what the fold and the GLU swap left as written, and why.
+    Under torchrun (`processes` > 1) --compile is left to distributed.wrap_distributed, which compiles
+    the DDP modules, as PyTorch advises (its DDPOptimizer then splits the graphs at DDP's gradient buckets)."""
     if device.type == "cuda" and not getattr(args, "deterministic", False):
         torch.backends.cudnn.benchmark = True   # fixed shapes every iteration: let cuDNN pick its fastest kernels
     if args.fast_upsample:
-        fold_upsample(G)
-        fold_upsample(D)                        # D's decoders are made of the same up-blocks
+        (n_g, left_g), (n_d, left_d) = fold_upsample(G, "G"), fold_upsample(D, "D")  # D: its decoders' up-blocks
+        if say:
+            say(f"fast_upsample: {n_g + n_d} up-blocks folded (nearest x2 + 3x3 conv as one transposed conv); "
+                f"left as written: {', '.join(left_g + left_d) or 'none'}")
     if args.amp:
         power_iteration_in_float32(G)
         power_iteration_in_float32(D)
@@ -259,7 +371,9 @@ def speed_up(G, D, args, device, processes=1):
         if name in (args.channels_last or ""):            # "D" or "GD"; False: neither
             net.to(memory_format=torch.channels_last)
             keep_batchnorm_gradients_in_layout(net)
-            glu_for_channels_last(net)
+            left = glu_for_channels_last(net, name)
+            if left and say:
+                say(f"channels_last: GLUs left as written (not over the channels): {', '.join(left)}")
     if args.compile and processes == 1:         # fuse BatchNorm/GLU/LeakyReLU/elementwise work into few kernels
         G, D = torch.compile(G), torch.compile(D)
     return G, D
@@ -270,8 +384,8 @@ def keep_batchnorm_gradients_in_layout(net):
 
     In a channels_last network some gradients arrive in NCHW (some backward kernels write a plain
     contiguous tensor whatever the layout of their input). BatchNorm's CPU backward
-    with an NHWC input and an NCHW gradient takes a generic path about 8x slower than with both in
-    NHWC (1.0 s against 0.12 s at (8, 64, 256, 256)); converting the gradient first costs one copy.
+    with an NHWC input and an NCHW gradient takes a generic path, far slower than with both in NHWC
+    (docs/speed.md); converting the gradient first costs one copy.
     A gradient hook on the output tensor does it: it sees the gradient with respect to BatchNorm's
     output (before the in-place LeakyReLU that follows changes that tensor) and changes only its
     layout, never its values."""
@@ -295,9 +409,9 @@ class ChannelsLastGLU(nn.GLU):
     """nn.GLU over the channels that stays fast on an NHWC map: the same values, another kernel.
 
     On an NHWC (channels_last) map, ATen's GLU backward over dim 1 reads the two halves of the
-    channels as strided views and takes a generic path, ~4x slower than on NCHW (334 against 86 ms,
-    forward and backward at (8, 64, 256, 256)). Seen as (B, H, W, C), the same NHWC memory is
-    contiguous and the channels are the last dim: GLU over that dim runs at NCHW speed (96 ms), and
+    channels as strided views and takes a generic path, several times slower than on NCHW
+    (docs/speed.md). Seen as (B, H, W, C), the same NHWC memory is
+    contiguous and the channels are the last dim: GLU over that dim runs at NCHW speed, and
     permuting back gives the (B, C, H, W) result, itself NHWC, without a copy. Forward values are
     bit for bit those of nn.GLU; gradients agree to float rounding."""
 
@@ -308,14 +422,18 @@ class ChannelsLastGLU(nn.GLU):
         return super().forward(x)
 
 
-def glu_for_channels_last(net):
-    """Replace every nn.GLU of `net` by a ChannelsLastGLU over the same dim (GLU has no parameters,
-    so checkpoints are unchanged)."""
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.GLU:
-                setattr(parent, name, ChannelsLastGLU(child.dim))
-    return net
+def glu_for_channels_last(net, name="net"):
+    """Replace every nn.GLU over the channels (dim 1) of `net` by a ChannelsLastGLU (GLU has no
+    parameters, so checkpoints are unchanged). Returns ['NAME.PATH (dim=D)', ...] for the GLUs over
+    another dim, left as written."""
+    left = []
+    for path, parent in list(net.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is nn.GLU and child.dim in (1, -3):
+                setattr(parent, child_name, ChannelsLastGLU(child.dim))
+            elif type(child) is nn.GLU:
+                left.append(f"{name}.{path + '.' if path else ''}{child_name} (dim={child.dim})")
+    return left
 
 
 def fused_adam(device, compile=False):

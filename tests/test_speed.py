@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 import bench
 from tests.helpers import BENCH_ARGS, NZ, TINY, make_images, run_train
-from discriminator import Discriminator, DownBlockComp
-from generator import Generator, NoiseInjection
+from discriminator import Discriminator
+from generator import Generator, UpBlock, sn_conv2d
+from plumbing.speed import FoldedUpsample, fold_upsample, speed_up
 
 
 def _bench_run(kind, n=3, **flags):
@@ -68,7 +69,7 @@ def test_upsample_conv3x3_equals_upsample_then_conv():
     speed.fold_upsample switches every up-block of G: the same images, and the same state_dict (names
     and values), so checkpoints do not depend on the option; building the folded convs draws no number
     of the run's random generator."""
-    from plumbing.speed import fold_upsample, upsample_conv3x3
+    from plumbing.speed import upsample_conv3x3
     torch.manual_seed(0)
     x = torch.randn(2, 5, 7, 9, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -84,13 +85,77 @@ def test_upsample_conv3x3_equals_upsample_then_conv():
     plain = G(z, noise=noise)[0]
     before = {k: v.clone() for k, v in G.state_dict().items()}
     rng = torch.get_rng_state()
-    folded = fold_upsample(G)
+    n_folded, left = fold_upsample(G, "G")
     assert torch.equal(torch.get_rng_state(), rng)
-    after = folded.state_dict()
+    after = G.state_dict()
     assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
-    assert sum(isinstance(m, nn.Identity) for m in folded.modules()) == len(folded.resolutions)
-    fast = folded(z, noise=noise)[0]
+    # Every up-block but the one reading the 4x4 map (below FOLD_FROM) is folded; eval mode is kept.
+    assert n_folded == len(G.resolutions) - 1 and len(left) == 1 and left[0].startswith("G.up.8 (its input is 4x4")
+    assert sum(isinstance(m, FoldedUpsample) for m in G.modules()) == n_folded
+    assert not any(m.training for m in G.modules())
+    fast = G(z, noise=noise)[0]
     assert torch.allclose(plain, fast, atol=1e-5, rtol=0)
+
+
+def _edited_generators(edit):
+    """(G as built then edited by `edit`, a copy of it) from one seed, both in eval mode."""
+    import copy
+    torch.manual_seed(0)
+    G = Generator(ngf=8, nz=NZ, im_size=128)
+    edit(G)
+    return G.eval(), copy.deepcopy(G)
+
+
+class _UpBlockWithAScale(UpBlock):
+    """An UpBlock whose forward a student edited: it shifts the upsampled map by one pixel before the conv."""
+
+    def forward(self, x):
+        return self.glu(self.bn(self.conv(self.up(x).roll(1, dims=-1))))
+
+
+def _bilinear(G):
+    G.up["16"].up = nn.Upsample(scale_factor=2, mode="bilinear")
+
+
+def _conv_5x5(G):
+    old = G.up["64"].conv
+    G.up["64"].conv = sn_conv2d(old.in_channels, old.out_channels, 5, 1, 2)
+
+
+def _edited_forward(G):
+    old = G.up["64"]
+    new = _UpBlockWithAScale(old.conv.in_channels, old.conv.out_channels // 2)
+    new.load_state_dict(old.state_dict())
+    G.up["64"] = new
+
+
+@pytest.mark.parametrize("edit, block, why", [
+    (_bilinear, "G.up.16", "it upsamples with mode='bilinear', not 'nearest'"),
+    (_conv_5x5, "G.up.64", "its first conv has kernel_size=(5, 5), not (3, 3)"),
+    (_edited_forward, "G.up.64", "folded, it computed something else"),
+], ids=["bilinear", "conv5x5", "edited_forward"])
+def test_the_fold_leaves_a_block_it_does_not_know_as_written_and_says_so(edit, block, why, capsys):
+    """A student's edit of an up-block (bilinear upsampling, a 5x5 conv, a forward that does something
+    between the upsample and the conv) is never folded: after speed_up with the CPU's defaults G
+    computes what the edited G computes (to float rounding: the other blocks are folded), and the
+    line speed_up says names the block and why it was left."""
+    G, plain = _edited_generators(edit)
+    args = argparse.Namespace(fast_upsample=True, channels_last="GD", amp=False, compile=False)
+    lines = []
+    speed_up(G, Discriminator(ndf=8, im_size=128), args, torch.device("cpu"), say=lines.append)
+    fold_line = next(line for line in lines if line.startswith("fast_upsample:"))
+    assert f"{block} ({why}" in fold_line, fold_line
+    assert not isinstance(dict(G.named_modules())[block[2:]].up, FoldedUpsample)
+    torch.manual_seed(1)
+    z, noise = torch.randn(3, NZ), G.draw_noise(3)
+    for a, b in zip(G(z, noise=noise), plain(z, noise=noise)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+    # Folded regardless, the bilinear block would compute something else: the check keeps it out.
+    if edit is _bilinear:
+        from plumbing.speed import upsample_conv3x3
+        block, x = G.up["16"], torch.randn(2, G.up["16"].conv.in_channels, 8, 8)
+        with torch.no_grad():
+            assert not torch.allclose(block.conv(block.up(x)), upsample_conv3x3(x, block.conv.weight), atol=1e-3)
 
 
 @pytest.mark.parametrize("flag, value", [("channels_last", "D"), ("channels_last", "GD"), ("fast_upsample", True)])
@@ -366,18 +431,17 @@ def test_channels_last_glu_is_nn_glu_through_the_nhwc_view():
     assert not any(type(m) is nn.GLU for m in G.modules())
 
 
-def test_the_fold_upsamples_maps_smaller_than_fold_from():
-    """UpsampleConv3x3 on a map smaller than FOLD_FROM (G's 4x4 map, where oneDNN's transposed conv
-    is slower than the plain conv of the upsampled map) computes upsample then conv, exactly; from
-    FOLD_FROM on, the fold."""
-    from plumbing.speed import FOLD_FROM, UpsampleConv3x3, upsample_conv3x3
-    torch.manual_seed(0)
-    conv = UpsampleConv3x3(6, 4, 3, 1, 1, bias=False)
-    small, large = torch.randn(2, 6, FOLD_FROM // 2, FOLD_FROM // 2), torch.randn(2, 6, FOLD_FROM, FOLD_FROM)
-    with torch.no_grad():
-        assert torch.equal(conv(small), F.conv2d(F.interpolate(small, scale_factor=2), conv.weight, padding=1))
-        assert torch.equal(conv(large), upsample_conv3x3(large, conv.weight))
-        assert not torch.equal(conv(small), upsample_conv3x3(small, conv.weight))   # the two differ in rounding
+def test_the_fold_leaves_blocks_on_maps_smaller_than_fold_from():
+    """The block that reads a map smaller than FOLD_FROM (G's 4x4 map, where oneDNN's transposed conv
+    is slower than the plain conv of the upsampled map) is left as written; every block from FOLD_FROM
+    on is folded: G's and the 12 up-blocks of D's three decoders (which read 8x8 and larger maps)."""
+    from plumbing.speed import FOLD_FROM
+    G, D = Generator(ngf=8, nz=NZ, im_size=256), Discriminator(ndf=8, im_size=256)
+    (n_g, left_g), (n_d, left_d) = fold_upsample(G, "G"), fold_upsample(D, "D")
+    small = [r for r in G.resolutions if r // 2 < FOLD_FROM]
+    assert n_g == len(G.resolutions) - len(small) and [x.split(" ")[0] for x in left_g] == [f"G.up.{r}" for r in small]
+    assert (n_d, left_d) == (12, [])
+    assert all(isinstance(G.up[str(r)].up, nn.Upsample) for r in small)
 
 
 def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
@@ -409,36 +473,3 @@ def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
     assert any(not torch.equal(ends["--amp"][k], ends["--no-amp"][k]) for k in weights)
 
 
-def test_noise_injection_and_the_residual_mean_work_in_place_with_the_same_values():
-    """NoiseInjection adds w * n into its input (a convolution's fresh output) and DownBlockComp halves
-    its fresh sum in place, saving a map each: the values and gradients are those of the
-    out-of-place formulas, bit for bit. Under bf16 autocast the noise sum stays out of place and
-    float32, as `x + w * n` gives."""
-    torch.manual_seed(0)
-    inj = NoiseInjection()
-    with torch.no_grad():
-        inj.weight.fill_(0.3)
-    conv = nn.Conv2d(3, 4, 3, padding=1)
-    x, n = torch.randn(2, 3, 5, 5), torch.randn(2, 1, 5, 5)
-    out = inj(conv(x), n)
-    ref = conv(x) + inj.weight * n
-    assert torch.equal(out, ref)
-    g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, [inj.weight, conv.weight], g)
-    grads_ref = torch.autograd.grad(ref, [inj.weight, conv.weight], g)
-    assert all(torch.equal(a, b) for a, b in zip(grads, grads_ref))
-    y = conv(x)
-    assert inj(y, n).data_ptr() == y.data_ptr()                     # written into the conv's output
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = conv(x)                                                  # bf16
-        out = inj(y, n)
-    assert y.dtype == torch.bfloat16 and out.dtype == torch.float32 and out.data_ptr() != y.data_ptr()
-    assert torch.equal(out, y.float() + inj.weight * n)
-
-    block = DownBlockComp(4, 8).eval()   # eval: spectral norm's power iteration would move between calls
-    x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    out = block(x)
-    ref = (block.main(x) + block.direct(x)) / 2
-    assert out.shape == (2, 8, 4, 4) and torch.equal(out, ref)
-    g = torch.randn_like(out)
-    assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
