@@ -61,10 +61,10 @@ def baseline_step(G, D, G_ema, opt_G, opt_D, real, args):
     D.zero_grad()
     part = int(torch.randint(4, (1,)))
     logits_big, logits_small, recons = D(real_aug, resize_to_128(real_aug), part=part)
-    loss_real = losses.hinge_real(losses.both_logits(logits_big, logits_small))
+    loss_real = losses.real_loss(losses.both_logits(logits_big, logits_small))
     loss_recon = losses.reconstruction_loss(recons, real_aug, part, losses.pixel_distance(args.recon))
     (loss_real + args.recon_weight * loss_recon).backward()
-    loss_fake = losses.hinge_fake(losses.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
+    loss_fake = losses.fake_loss(losses.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach())))
     loss_fake.backward()
     opt_D.step()
 

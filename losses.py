@@ -9,7 +9,7 @@ E[relu(1 + D(G(z)))]: D is pushed to give
 reals logits above +1 and fakes logits below -1, and a logit already past its margin costs nothing.
 Two details come from the authors' code, not from the equations:
 - the margin is not 1 but drawn uniformly from [0.8, 1.0] for every logit, a small random label
-  smoothing (`hinge_real`, `hinge_fake`);
+  smoothing (`hinge_margin`);
 - D has two real/fake heads, each giving a 5x5 map of logits (Fig. 4): one on the full image, one
   on its 128x128 version. Both maps go into one mean (`both_logits`).
 
@@ -18,8 +18,9 @@ D's features: the augmented real image at 128x128 for `decoder_big` and `decoder
 of it for `decoder_part`. The authors measure ||.|| with LPIPS (plumbing/distances.py loads it, an
 optional extra); the default here is a pixel distance (`pixel_distance`), which needs no download.
 
-A coursework change of loss (the non-saturating loss, say; docs/hacking.md) is a change of this file:
-train.py and bench.py call these functions and compute no loss of their own.
+A coursework change of loss (the non-saturating loss, say; docs/hacking.md) is a change of the three
+functions `real_loss`, `fake_loss` and `generator_loss`: train.py and bench.py call them and compute
+no loss of their own.
 This module imports only discriminator.py (the crop and resize that define the decoders' targets).
 """
 
@@ -45,13 +46,15 @@ def hinge_margin(logits):
     return torch.rand_like(logits) * 0.2 + 0.8
 
 
-def hinge_real(logits):
-    """D's loss on real images (Eq. 3, first term): E[relu(m - D(x))]. Zero once every logit > m."""
+def real_loss(logits):
+    """D's loss on real images, the hinge (Eq. 3, first term): E[relu(m - D(x))]. Zero once every
+    logit > m."""
     return F.relu(hinge_margin(logits) - logits).mean()
 
 
-def hinge_fake(logits):
-    """D's loss on generated images (Eq. 3, second term): E[relu(m + D(G(z)))]. Zero once every logit < -m."""
+def fake_loss(logits):
+    """D's loss on generated images, the hinge (Eq. 3, second term): E[relu(m + D(G(z)))]. Zero once
+    every logit < -m."""
     return F.relu(hinge_margin(logits) + logits).mean()
 
 

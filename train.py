@@ -166,12 +166,12 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0)
     with ctx.local(D):                                             # DDP: average once, after the fakes
         with ctx.autocast():
             logits_big, logits_small, recons = D(real_aug, resize_to_128(real_aug), part=part, y=y)
-            loss_real = losses.hinge_real(losses.both_logits(logits_big, logits_small))
+            loss_real = losses.real_loss(losses.both_logits(logits_big, logits_small))
             # A sum over the images; under torchrun, over the global batch (see StepContext.processes).
             loss_recon = losses.reconstruction_loss(recons, real_aug, part, distance) * ctx.processes
         ctx.backward(loss_real + args.recon_weight * loss_recon, opt_D)
     with ctx.autocast():        # G's outputs detached: this pass trains D only
-        loss_fake = losses.hinge_fake(losses.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach(), y=y)))
+        loss_fake = losses.fake_loss(losses.both_logits(*D(fake_big_aug.detach(), fake_128_aug.detach(), y=y)))
     ctx.backward(loss_fake, opt_D)
     ctx.step(opt_D)
 

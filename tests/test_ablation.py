@@ -118,6 +118,7 @@ def ablation_run(tmp_path_factory):
 
 # -- tests --
 
+@pytest.mark.slow
 def test_parameter_differences_at_256(big_nets):
     """At 256x256, ngf = ndf = 64, --no_sle removes 2,774,016 parameters from G
     (its three SLE modules, §3.1) and 1,032,192 from D (its three, Fig. 4); --no_recon removes D's
@@ -129,6 +130,7 @@ def test_parameter_differences_at_256(big_nets):
     assert n["both"][0] == n["sle"][0]                         # --no_recon leaves G as it is
 
 
+@pytest.mark.slow
 def test_shared_layers_start_equal(big_nets, ablation_run, one_thread):
     """From one seed, every layer two variants share starts with the same weights and buffers: for
     networks built by train.build_networks after torch.manual_seed(0) (256x256, widths 64), and for
@@ -223,6 +225,7 @@ def test_checkpoints_sample_in_sample_py(ablation_run, tmp_path, one_thread):
         assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]
 
 
+@pytest.mark.slow
 def test_resumes_where_it_stopped(ablation_run, tmp_path, one_thread):
     """Resume: the same command again trains nothing (checkpoints untouched, each
     variant 'skipped'); with a larger --iter the variants continue from their latest.pt, and a
@@ -286,6 +289,7 @@ def test_refuses_bad_input_with_one_line(ablation_run, tmp_path, one_thread):
     assert {p: p.stat().st_mtime_ns for p in Path(existing).rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line(ablation_run, tmp_path, one_thread, monkeypatch):
     """No space left for table.md: exit status 1, one line naming it and the OS error; the variants'
     checkpoints and the earlier results keep their bytes, and no temporary file is left."""
@@ -340,6 +344,7 @@ def mean_cells(table_md):
     return cells
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_spread_and_a_new_seed_trains_only_itself(tmp_path):
     """--seeds 0 1: every variant trained once per seed; each cell of table.md is 'mean ± std' equal
     to the mean and sample std (n - 1) of the per-seed values in results.json, which holds both seeds.

@@ -15,6 +15,7 @@ from tests.helpers import BENCH_ARGS
 from generator import Generator
 
 
+@pytest.mark.slow
 def test_bench_prints_one_json_line(capsys):
     """bench.py: one JSON line with the median and spread of seconds per iteration, images/s, peak
     memory, parameter counts, FLOPs of the step, the machine's matmul FLOP/s, and the precision."""

@@ -100,6 +100,7 @@ def red_blue(tmp_path_factory):
     return train_red_blue(tmp_path_factory.mktemp("red_blue"))
 
 
+@pytest.mark.slow
 def test_each_class_samples_its_colour(red_blue):
     """After 120 iterations on saturated red and blue images, the EMA generator's samples of class red
     are red and those of class blue are blue (mean colour of 8 samples per class, from sample.py).
@@ -376,6 +377,7 @@ def test_class_folders_are_refused_in_one_line(tmp_path):
 # train.py with classes: resume, ablation flags, EMA statistics, torchrun
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_with_classes_is_bit_exact(tmp_path):
     """--classes --ortho 1e-4: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, the
     EMA generator, Adam). Resuming without --classes is refused in one line."""
@@ -402,6 +404,7 @@ def test_resume_with_classes_is_bit_exact(tmp_path):
     assert code == 2 and "the classes blue, red" in err and "pass --classes" in err
 
 
+@pytest.mark.slow
 def test_ablation_flags_work_with_classes(tmp_path):
     """--classes with --no_sle and --no_recon (Table 2's ablations) trains and samples."""
     data = make_red_blue(tmp_path / "data", n_red=2, n_blue=2)
@@ -457,6 +460,7 @@ finally:
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_torchrun_labels_travel_with_the_batch(tmp_path):
     """train.py --classes under torchrun --nproc_per_node=2 (gloo): in every process, at every step, each

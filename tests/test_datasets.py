@@ -426,6 +426,7 @@ def run_script(args, server):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_script_train_fetches_panda_and_trains(server, tmp_path):
     server.serve("100-shot-panda", dataset_zip())
     data = tmp_path / "data" / "panda"
@@ -438,6 +439,7 @@ def test_script_train_fetches_panda_and_trains(server, tmp_path):
     assert (tmp_path / "runs" / "panda" / "checkpoints" / "latest.pt").is_file()
 
 
+@pytest.mark.slow
 def test_script_train_404_is_one_line_and_exit_2(server, tmp_path):
     data = tmp_path / "data" / "panda"
     r = run_script(["train.py", "--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "2",
@@ -451,6 +453,7 @@ def test_script_train_404_is_one_line_and_exit_2(server, tmp_path):
     assert_clean(tmp_path)                               # no data/, no runs/
 
 
+@pytest.mark.slow
 def test_script_metrics_fetches_dog(server, tmp_path):
     server.serve("AnimalFace-dog", dataset_zip(top="AnimalFace-dog"))
     samples = tmp_path / "samples"

@@ -79,6 +79,7 @@ def test_every_script_refuses_an_absent_mps_in_one_line(tmp_path, capsys, monkey
     assert not any((tmp_path / d).exists() for d in ("runs", "samples", "abl"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
 def test_device_mps_in_a_real_process(tmp_path):
     """As a shell sees it, without replacing anything: `python train.py --device mps` on a machine

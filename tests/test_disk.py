@@ -69,6 +69,7 @@ def _continue_failing(tmp_path, kept_run, capsys, monkeypatch):
     return line
 
 
+@pytest.mark.slow
 def test_keep_leaves_the_newest_checkpoints_and_resume_stays_exact(tmp_path, kept_run, capsys, monkeypatch):
     """--save_every 1 --keep 2 for 5 iterations leaves 000004.pt, 000005.pt and latest.pt, a hard link
     to 000005.pt. Resuming from the kept 000004.pt ends at the same networks and Adam states. The line
@@ -94,6 +95,7 @@ def test_keep_leaves_the_newest_checkpoints_and_resume_stays_exact(tmp_path, kep
     assert_same_training_state(a, b)
 
 
+@pytest.mark.slow
 def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
     """No space left while torch.save writes 000006.pt: exit status 1, one line naming the file, the OS
     error and the last good checkpoint; the checkpoints keep their bytes, no temporary file is left,

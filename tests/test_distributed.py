@@ -23,6 +23,9 @@ N_IMAGES = 6                      # rank 0 trains on images 0, 2, 4; rank 1 on 1
 ARGV = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "4", "--iter", "3",
         "--device", "cpu", "--log_every", "1", "--save_every", "2", "--sample_every", "2",
         "--eval_every", "3", "--eval_n", "4"]
+# Every test here starts torchrun with two processes: slow, run with `python -m pytest -q -m slow`.
+pytestmark = pytest.mark.slow
+
 needs_dist = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="this torch build has no torch.distributed")
 

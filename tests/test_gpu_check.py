@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "gpu_check.sh"
 CHECKS = ["bench_256", "bench_1024", "bench_amp", "bench_amp_fp16", "bench_compile", "bench_channels_last",
           "train", "resume_channels_last", "deterministic_resume", "stream_classes", "sample", "metrics"]
@@ -21,6 +23,7 @@ def _run(*argv, work):
                           env=env, timeout=900)
 
 
+@pytest.mark.slow
 def test_gpu_check_passes_every_check_in_its_cpu_mode(tmp_path):
     """`bash docs/gpu_check.sh --device cpu`: one line per check, in the documented order, each PASS
     (with its figures) but the two that only a GPU can run in time (SKIP); exit status 0. The figures

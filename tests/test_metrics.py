@@ -393,6 +393,7 @@ def test_pytorch_fid_inception_features():
 # Command line
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_prints_one_json_line(tmp_path, capsys):
     images = shape_images(8, size=64, seed=7)
     fake = make_images(tmp_path / "fake", pictures=images[:3])
@@ -413,6 +414,7 @@ def test_cli_prints_one_json_line(tmp_path, capsys):
     assert r["size"] == 16 and list(r["swd_per_level"]) == ["16"] and r["swd"] > 0
 
 
+@pytest.mark.slow
 def test_cli_refuses_with_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -365,6 +365,7 @@ def test_invert_cli_writes_its_files(tiny_ckpt, tmp_path, capsys):
 
 # -- refused input: exit 2, one line on stderr, no traceback, nothing written --
 
+@pytest.mark.slow
 def test_refuses_a_foreign_checkpoint_from_the_command_line(tmp_path):
     """The real entry point (`python sample.py ...`): a torch file that is not one of our checkpoints.
     (One subprocess only: starting Python and importing torch is most of this file's run time.)"""

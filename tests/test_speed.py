@@ -207,8 +207,7 @@ def test_batchnorm_gradients_arrive_in_their_outputs_layout():
         assert (a - b).abs().max() <= 1e-4 * a.abs().max()
 
 
-@pytest.mark.skipif(not os.environ.get("FASTGAN_SLOW"),
-                    reason="slow (compiles G and D for minutes): run with FASTGAN_SLOW=1")
+@pytest.mark.slow   # compiles G and D: minutes
 def test_compile_agrees_within_tolerance(_bench_baseline):
     """--compile (torch.compile of G and D): losses within 5e-3 of eager float32 after 3 iterations."""
     base_losses, _, _, _ = _bench_baseline
@@ -444,6 +443,7 @@ def test_the_fold_leaves_blocks_on_maps_smaller_than_fold_from():
     assert all(isinstance(G.up[str(r)].up, nn.Upsample) for r in small)
 
 
+@pytest.mark.slow
 def test_a_bf16_checkpoint_resumes_in_float32_and_back(tmp_path, capsys):
     """bf16 autocast changes how the passes compute, not what is kept: after 1 iteration with --amp
     every weight, Adam moment and EMA weight in the checkpoint is float32, and the run resumes without

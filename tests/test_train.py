@@ -83,6 +83,7 @@ def test_checkpoint_is_complete_and_weights_only(tiny_run):
     assert any(not torch.equal(st["G"][k], st["G_ema"][k]) for k in changed)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tiny_run, capsys):
     """Resume is exact: --iter 4 at once == --iter 2, then --iter 4 --resume latest (G, D, Adam, and the
     EMA generator, whose decay is ramped up by iteration and whose BatchNorm statistics are recomputed
@@ -131,6 +132,7 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys, mon
     assert all(torch.isfinite(v).all() for v in st["G"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     """Ctrl-C finishes the iteration, writes latest.pt, and exits (code 130) without a traceback."""
     data = make_images(tmp_path / "data", n=2)
@@ -188,6 +190,7 @@ def test_refused_inputs_exit_2_with_one_line(tmp_path, tiny_run, capsys):
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, (name, err)
 
 
+@pytest.mark.slow
 def test_refused_input_in_a_real_process_has_no_traceback(tmp_path):
     """Refused input as a shell sees it: `python train.py` with a missing folder exits with code 2,
     one line on stderr and no traceback."""

@@ -78,6 +78,7 @@ def test_progress_line_counts_the_hours_left_past_a_day(capsys, monkeypatch, sec
     assert f"ETA {eta} " in line, line
 
 
+@pytest.mark.slow
 def test_first_progress_line_after_iteration_one_then_the_hint(tmp_path, capsys, monkeypatch):
     """With --log_every 20 the first progress line still comes after iteration 1, and (a GPU setting,
     --device auto, no GPU) the hint follows it once, with the seconds that line measured. The same
