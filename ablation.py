@@ -86,6 +86,7 @@ import sample
 import train
 from plumbing.checkpoint import ARCH_KEYS, generator_from_checkpoint, load_checkpoint
 from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
+from plumbing.datasets import ensure_dataset
 from plumbing.disk import WriteFailed, atomic_write
 from generator import SUPPORTED_SIZES
 from plumbing.images import load_images, save_grid, to_uint8
@@ -154,7 +155,8 @@ def parse_args(argv=None):
     p.add_argument("--name", default=None, help="ablation name (default: the data folder's name)")
     p.add_argument("--out", default="runs", help="root folder; this ablation writes OUT/ablation-NAME/")
     p.add_argument("--iter", type=int, required=True, help="iterations of each run (the shared budget)")
-    p.add_argument("--im_size", type=int, default=1024, help=f"image size, one of {SUPPORTED_SIZES}")
+    p.add_argument("--im_size", type=int, default=None, help=f"image size, one of {SUPPORTED_SIZES} "
+                   "(default: as train.py, from the data)")
     p.add_argument("--ngf", type=int, default=64, help="G's width (multiple of 8); 16-32 for a CPU")
     p.add_argument("--ndf", type=int, default=64, help="D's width (multiple of 8); 16-32 for a CPU")
     p.add_argument("--batch_size", type=int, default=8, help="images per iteration")
@@ -207,6 +209,9 @@ def check_args(args):
     if args.recon_weights != [default_recon_weight()] and not {"recon", "both"} & set(args.variants):
         raise UsageError("--recon_weights weighs L_recons, which only the variants with decoders have: "
                          "add --variants recon and/or both")
+    if args.im_size is None:          # as train.py: the paper's size for a named set, else the images'
+        ensure_dataset(args.path)
+        print(train.choose_image_size(args))
     train.check_args(train.parse_args(train_argv(args, *VARIANTS[-1])))
     if args.n_samples <= 0:
         raise UsageError(f"--n_samples must be positive, got {args.n_samples}")

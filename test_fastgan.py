@@ -394,11 +394,12 @@ def test_spectral_norm_is_one_right_after_construction():
 # 50,000, and only has to show that G learns the images. Scored like what a user looks at: the EMA
 # generator in eval mode, with the BatchNorm statistics train.py recomputed for it (ema.py).
 OVERFIT_ITERS = 150
-QUICK_OVERFIT_ITERS = 60   # the quick loop's run: 40% of the iterations, the same bar
+QUICK_OVERFIT_ITERS = 60   # the quick loop's run: 40% of the iterations, a lower bar
 OVERFIT_ARGS = ["--im_size", "128", "--ngf", "8", "--ndf", "8", "--batch_size", "4", "--lr", "2e-3",
                 "--policy", "", "--device", "cpu", "--log_every", "1", "--save_every", "100000",
                 "--sample_every", "100000"]
 OVERFIT_BAR = 0.8      # the EMA generator's distance must fall below 0.8x the untrained G's
+QUICK_OVERFIT_BAR = 0.9   # after QUICK_OVERFIT_ITERS (measured margins: docs/measurements.md)
 
 # Saturated colours, far from what an untrained G draws (tanh of small values: grey), so that a G
 # which learns the colours and the layout comes measurably closer to the training images.
@@ -460,12 +461,12 @@ def quick_overfit(tmp_path_factory):
 def test_a_short_run_learns_the_images(quick_overfit):
     """The quick loop's overfit run: QUICK_OVERFIT_ITERS iterations of train.py on 2 synthetic images
     cut D's reconstruction loss (Eq. 2) by more than 1.5x and bring the EMA generator's samples, in eval
-    mode, below OVERFIT_BAR times the untrained G's nearest-image distance; the samples are images,
+    mode, below QUICK_OVERFIT_BAR times the untrained G's nearest-image distance; the samples are images,
     not a flat colour. Margins for seeds 0-2 under four CPU kernel settings are in
     docs/measurements.md ('The short overfit run'); `-m slow` runs the longer run below."""
     recon = quick_overfit["recon"]
     assert len(recon) == QUICK_OVERFIT_ITERS and np.mean(recon[-5:]) < np.mean(recon[:5]) / 1.5, recon
-    assert quick_overfit["ema"] < OVERFIT_BAR * quick_overfit["start"], (quick_overfit["start"], quick_overfit["ema"])
+    assert quick_overfit["ema"] < QUICK_OVERFIT_BAR * quick_overfit["start"], (quick_overfit["start"], quick_overfit["ema"])
     assert quick_overfit["ema_samples"].flatten(1).std(dim=1).min() > 0.1
 
 

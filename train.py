@@ -1,6 +1,6 @@
 """Train FastGAN on a folder of images: the paper's §4 training, Eq. 2-4, top to bottom.
 
-    python train.py --path data/panda                         # one GPU, the paper's setting: 1024x1024, batch 8
+    python train.py --path data/panda                         # one GPU, the paper's Table 2 setting: 256x256, batch 8
     python train.py --path data/panda --im_size 128 --ngf 32 --ndf 32 --device cpu   # a laptop CPU
     torchrun --nproc_per_node=4 train.py --path data/panda    # 4 GPUs; --batch_size counts all 4
 
@@ -41,7 +41,7 @@ from discriminator import Discriminator, resize_to_128
 from plumbing.distributed import agree, first_of_all, setup_distributed, shutdown, unwrap, wrap_distributed
 from ema import EMA, recompute_batchnorm_statistics
 from generator import SUPPORTED_SIZES, Generator
-from plumbing.images import class_folders, training_data
+from plumbing.images import class_folders, default_image_size, training_data
 from plumbing.monitor import Diverged, LossLog, StopSignal, fixed_inputs, sample_uint8, save_samples
 from plumbing.speed import StepContext, add_speed_arguments, fused_adam, resolve_speed_flags, speed_up
 from plumbing.watch import require_tensorboard
@@ -58,7 +58,8 @@ def parse_args(argv=None):
         "name to fetch into that folder the first time: data/panda, data/obama, ... (see plumbing/datasets.py)")
     add("--name", default=None, help="run name (default: the data folder's name)")
     add("--out", default="runs", help="root folder of all runs; this run writes OUT/NAME/")
-    add("--im_size", type=int, default=1024, help=f"image size, one of {SUPPORTED_SIZES}")
+    add("--im_size", type=int, default=None, help=f"image size, one of {SUPPORTED_SIZES} (default: the "
+        "paper's 256 for a named set, else the largest not above the images' median shorter side)")
     add("--batch_size", type=int, default=8, help="images per iteration (all processes together)")
     add("--iter", type=int, default=50000, help="total iterations; a resumed run stops here too")
     add("--lr", type=float, default=2e-4, help="Adam learning rate of G and D (betas 0.5, 0.999)")
@@ -97,8 +98,9 @@ def parse_args(argv=None):
 
 
 def check_args(args):
-    """Refuse bad values before any work, in one readable line each."""
-    if args.im_size not in SUPPORTED_SIZES:
+    """Refuse bad values before any work, in one readable line each. Returns the line that says the
+    image size and why, when --im_size was left to the data (None when it was given, or resumed)."""
+    if args.im_size is not None and args.im_size not in SUPPORTED_SIZES:
         raise UsageError(f"--im_size must be one of {', '.join(map(str, SUPPORTED_SIZES))}, got {args.im_size}")
     for flag in ("ngf", "ndf"):
         if getattr(args, flag) <= 0 or getattr(args, flag) % 8:
@@ -114,9 +116,22 @@ def check_args(args):
     if args.tensorboard:
         require_tensorboard()      # the optional package, or one line and exit 2 before any work
     ensure_dataset(args.path)      # a folder, or a known dataset name fetched into it; else refused
+    size_line = choose_image_size(args)
     args.class_names = class_folders(args.path) if args.classes else None    # sorted subfolder names
     if args.classes and args.eval_every:
         raise UsageError("--eval_every is not for --classes: score each class with sample.py --class and metrics.py")
+    return size_line
+
+
+def choose_image_size(args):
+    """--im_size left out of a fresh run: the paper's 256 for a named set, else the largest supported
+    size not above the images' median shorter side (plumbing/images.py). Sets args.im_size and returns
+    the line that says which and why; None when --im_size was given or the run resumes (a resumed run
+    takes its checkpoint's size)."""
+    if args.im_size is not None or getattr(args, "resume", None) is not None:
+        return None
+    args.im_size, why = default_image_size(args.path, SUPPORTED_SIZES)
+    return f"image size {why} (--im_size to choose another)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,10 +208,12 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0)
 
 def train(args):
     """Set up, then run iterations until args.iter. Returns the run folder."""
-    check_args(args)
+    size_line = check_args(args)
     rank, world, device = setup_distributed(args.device, args.batch_size)
     is_main = rank == 0                      # only rank 0 keeps the EMA, logs, draws grids and saves
     say = print if is_main else (lambda *a, **k: None)
+    if size_line:
+        say(size_line)
     batch = args.batch_size // world         # this process's share of the batch
     resolve_speed_flags(args, device)
     run_dir = Path(args.out) / args.name

@@ -140,6 +140,8 @@ def resume_state(args, run_dir):
     state = load_checkpoint(path)
     for k in ARCH_KEYS:
         saved, now = state["args"].get(k), getattr(args, k, None)
+        if k == "im_size" and now is None:    # --im_size left out: the checkpoint's
+            args.im_size = now = saved
         if saved != now:
             raise UsageError(f"{path} was trained with --{k} {saved}, but this run has --{k} {now}; "
                              f"pass --{k} {saved} to resume it")

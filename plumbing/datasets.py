@@ -59,6 +59,15 @@ DATASETS = (
 KNOWN_DATASETS = {d.short: d.full for d in DATASETS}        # short name -> full name
 _BY_NAME = {**{d.short: d for d in DATASETS}, **{d.full: d for d in DATASETS}}
 
+# The size the paper trains these sets at: FastGAN §4 trains the 100-shot sets and AnimalFace at
+# 256x256 (Table 2), and DiffAugment publishes all nine at 256x256.
+PAPER_SIZE = 256
+
+
+def named_dataset(path):
+    """The known set `path` is named after (its last component: `panda` or `100-shot-panda`), or None."""
+    return _BY_NAME.get(Path(path).name)
+
 
 def dataset_url(full_name):
     """Where a set is downloaded from: $FASTGAN_DATASETS_URL (default DiffAugment's server)/NAME.zip."""

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from plumbing import datasets
 from plumbing.cli import UsageError
 from plumbing.disk import atomic_write
 
@@ -37,6 +38,27 @@ def find_images(folder):
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder (give a folder of images)")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def default_image_size(folder, sizes):
+    """(size, why) for a run that gives no --im_size: a named set's size in the paper (256 for the
+    DiffAugment sets, datasets.PAPER_SIZE); for any other folder the largest of `sizes` (the supported
+    ones, ascending) not above the median shorter side of its images, the smallest if all are above.
+    Reads only the images' headers. `why` is the line a run prints."""
+    if datasets.named_dataset(folder) is not None:
+        return datasets.PAPER_SIZE, f"{datasets.PAPER_SIZE}: the paper's size for {folder}"
+    sides = []
+    for p in find_images(folder):
+        try:
+            with Image.open(p) as img:
+                sides.append(min(img.size))
+        except Exception:    # PIL raises several types for broken files; loading names them later
+            continue
+    if not sides:
+        return sizes[0], f"{sizes[0]}: no readable image in {folder} to read a size from"
+    median = float(np.median(sides))
+    size = max([s for s in sizes if s <= median], default=sizes[0])
+    return size, f"{size}: the images' median shorter side is {median:g} px"
 
 
 def class_folders(folder):

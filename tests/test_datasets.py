@@ -426,6 +426,19 @@ def run_script(args, server):
                           timeout=600)
 
 
+def test_a_fetched_named_set_trains_at_the_papers_size(server, tmp_path, capsys):
+    """train.py --path data/panda without --im_size: the set is fetched from the (loopback) server and
+    the run is at 256x256, the paper's size for it, whatever its images' size (here 64x64); the line
+    says so."""
+    import train
+    server.serve("100-shot-panda", dataset_zip())
+    data = tmp_path / "data" / "panda"
+    args = train.parse_args(["--path", str(data)])
+    line = train.check_args(args)
+    assert sorted(os.listdir(data)) == NAMES and server.requests == ["/100-shot-panda.zip"]
+    assert args.im_size == 256 and line == f"image size 256: the paper's size for {data} (--im_size to choose another)"
+
+
 @pytest.mark.slow
 def test_script_train_fetches_panda_and_trains(server, tmp_path):
     server.serve("100-shot-panda", dataset_zip())

@@ -208,3 +208,53 @@ def test_streaming_data_trains(tmp_path, capsys):
                               "--stream", "--workers", "0", *TINY], capsys)
     assert code == 0 and "streamed from disk" in out
     assert checkpoint.load_checkpoint(tmp_path / "runs" / "data" / "checkpoints" / "latest.pt")["iteration"] == 2
+
+
+def _pictures(folder, sizes):
+    """One PNG of each (width, height) in `sizes` in `folder`, a plain gradient (any content will do)."""
+    folder.mkdir(parents=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("sizes, expected, median", [
+    ([(300, 200)] * 3, 128, "200"),                          # smaller than every size: the smallest, 128
+    ([(600, 600), (600, 600), (2000, 1000)], 512, "600"),    # the median, not the largest image
+    ([(256, 256), (1500, 1300), (1100, 1024)], 1024, "1024"),
+    ([(4000, 3000)] * 2, 1024, "3000"),                      # 1024 at most
+])
+def test_image_size_left_out_follows_the_images(tmp_path, sizes, expected, median):
+    """--im_size left out: the largest supported size not above the median shorter side of the
+    folder's images (128 at least, 1024 at most), and one line says which and why."""
+    data = _pictures(tmp_path / "data", sizes)
+    args = train.parse_args(["--path", str(data)])
+    line = train.check_args(args)
+    assert args.im_size == expected
+    assert line == f"image size {expected}: the images' median shorter side is {median} px (--im_size to choose another)"
+
+
+def test_image_size_of_a_named_set_is_the_papers_and_an_explicit_size_wins(tmp_path):
+    """A folder named after one of the paper's sets (data/panda) trains at the paper's 256x256 whatever
+    its images' size; an explicit --im_size wins, silently; a resumed run takes its checkpoint's size."""
+    panda = _pictures(tmp_path / "data" / "panda", [(600, 600)] * 2)
+    args = train.parse_args(["--path", str(panda)])
+    assert train.check_args(args) == f"image size 256: the paper's size for {panda} (--im_size to choose another)"
+    assert args.im_size == 256
+    args = train.parse_args(["--path", str(panda), "--im_size", "1024"])
+    assert train.check_args(args) is None and args.im_size == 1024
+    args = train.parse_args(["--path", str(panda), "--resume", "latest"])
+    assert train.check_args(args) is None and args.im_size is None       # the checkpoint decides
+
+
+def test_the_run_prints_the_chosen_size_first(tmp_path, capsys):
+    """The first line of a run without --im_size says the size and why; a resume without --im_size
+    continues at the checkpoint's size."""
+    data = _pictures(tmp_path / "data", [(300, 200)] * 2)
+    tiny_no_size = [a for a in TINY if a not in ("--im_size", "128")]
+    code, out, _ = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "1", *tiny_no_size], capsys)
+    assert code == 0 and out.splitlines()[0] == ("image size 128: the images' median shorter side is 200 px "
+                                                 "(--im_size to choose another)"), out
+    code, out, _ = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "2",
+                              "--resume", "latest", *tiny_no_size], capsys)
+    assert code == 0 and "resumed from iteration 1" in out and "image size" not in out, out
