@@ -189,6 +189,7 @@ def memory_in_subprocess(kind, args):
     cmd = [sys.executable, __file__, "--only", kind, "--iters", "2", "--warmup", "1", "--no_flops"]
     for k in ("im_size", "batch_size", "ngf", "ndf", "nz", "device", "threads"):
         cmd += [f"--{k}", str(getattr(args, k))]
+    cmd += [f"--{k}" for k in ("no_sle", "no_recon") if getattr(args, k)]
     if kind == "ours":
         cmd += speed_flag_argv(args)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -212,9 +213,10 @@ def parse_args(argv=None):
                    "our networks), alternating")
     p.add_argument("--only", choices=("ours", "baseline"), default="ours", help=argparse.SUPPRESS)
     p.add_argument("--no_flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--no_sle", action="store_true", help="Table 2's ablation: time the networks without SLE")
+    p.add_argument("--no_recon", action="store_true", help="Table 2's ablation: time D without its decoders")
     args = p.parse_args(argv)
     args.policy, args.recon, args.recon_weight, args.ema = "color,translation", "mse", 1.0, 0.999
-    args.no_recon = args.no_sle = False
     return args
 
 
@@ -253,6 +255,7 @@ def main(argv=None):
         "hours_per_10k_iter": med * 10000 / 3600,
         "peak_memory_gb": round(peak_memory_gb(device), 3),
         "params_G": n_g, "params_D": n_d, "ngf": args.ngf, "ndf": args.ndf,
+        "sle": not args.no_sle, "decoders": not args.no_recon,
         "fast_upsample": args.fast_upsample, "channels_last": args.channels_last, "amp": args.amp,
         "compile": args.compile, "amp_dtype": str(amp_dtype(device, args.amp_dtype))[6:] if args.amp else None,
         "deterministic": args.deterministic, "precision_why": amp_why,

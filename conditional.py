@@ -2,8 +2,9 @@
 that FastGAN does not use.
 
 A reader of the FastGAN paper may skip this file: none of it is FastGAN, and with train.py's defaults
-none of it runs. FastGAN is unconditional (it learns one few-shot set) and already takes three things
-from BigGAN: the hinge loss, the EMA generator and the truncation trick. This file adds two more:
+none of it runs. FastGAN is unconditional (it learns one few-shot set) and already takes two things
+from BigGAN: the hinge loss and the EMA generator (sample.py adds BigGAN's truncation trick, which the
+authors' code does not use: their z is plain N(0, I)). This file adds two more:
 
 1. Classes (`--classes`): one network learns several few-shot sets at once, and the class says which
    set an image belongs to. G is told the class by BigGAN's class-conditional BatchNorm (BigGAN §3 and

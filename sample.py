@@ -20,8 +20,11 @@ own files, and modes may be combined in one call:
                              image 0's injected noise (so frame 0 is 000000.png): interp/000000.png,
                              ... and interp.gif. A smooth walk is the usual sign that G has learned a
                              continuous space rather than a lookup table of its training images.
-    --style_mix              style_mix.png, as in the paper's Fig. 5: the content (the high-resolution
-                             path) comes from one latent, the style (the SLE gates, §3.1) from another.
+    --style_mix              style_mix.png, the paper's Fig. 5: the content (the high-resolution path)
+                             comes from one latent, the style (the SLE gates, §3.1) from another. All
+                             four gates read the style latent (64x64 from its 4x4 map, ...); the
+                             authors' scripts/style_mix.py mixes the 128, 256 and 512 gates only and
+                             computes the 64x64 map without its gate.
     --nearest data/panda     nearest.png and nearest.json: beside every sample, the closest training
                              image in pixel space at 64x64, with its distance: the plain check that G
                              does not just copy its (few!) training images.
@@ -242,7 +245,10 @@ def style_mix_grid(G, z_content, z_style, noise, batch_size=16, y=None):
 
     G(z, w): the main path from 4x4 to full size grows from z (shape, layout: the 'content'), while the
     SLE gates (§3.1, Eq. 1) read the 4..32 maps of w and rescale channels at 64..512 (colour, texture:
-    the 'style'). Every cell uses the same injected noise (batch-1 dict `noise`) and the same class y."""
+    the 'style'). Every cell uses the same injected noise (batch-1 dict `noise`) and the same class y.
+    Where this differs from the authors' scripts/style_mix.py: theirs takes the 8, 16 and 32 maps
+    (the gates at 128, 256, 512) from w and computes the 64x64 map without its SLE (se_64), in the
+    plain samples too; here the 64x64 gate reads w's 4x4 map, as every other gate reads w."""
     kc, ks = len(z_content), len(z_style)
     top = generate(G, z_style, shared_noise(noise, ks), batch_size, y=y)        # (ks, 3, S, S)
     left = generate(G, z_content, shared_noise(noise, kc), batch_size, y=y)     # (kc, 3, S, S)
@@ -318,9 +324,10 @@ def invert(G, target, steps=300, lr=0.05, generator=None, log=None, log_every=50
 
     The paper back-tracks real images that were held out from training, to show that G has not
     collapsed onto its few training images but can reach new ones, and interpolates between the
-    recovered latents. Its loss is perceptual (LPIPS); ours is pixel MSE, which needs no downloaded
-    network: MSE(G(z), target) at full size plus MSE(G's 128x128 output, target at 128), so both of
-    G's heads must agree with the image.
+    recovered latents. The authors' back-tracking scripts (scripts/train_backtracking_*.py) minimise
+    LPIPS between 2x average-pooled images plus 0.2 x the pixel MSE; ours is pixel MSE alone, which
+    needs no downloaded network: MSE(G(z), target) at full size plus MSE(G's 128x128 output, target at
+    128), so both of G's heads must agree with the image.
 
     The noise, then the starting z, are drawn from `generator` (the order of `draw_inputs`); the noise
     then stays fixed and only z moves. z is not kept Gaussian-looking (no prior term): a long run may

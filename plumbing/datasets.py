@@ -43,7 +43,7 @@ _COLLECTED = "collected by Zhao et al. (DiffAugment, 2020); no licence stated fo
 _ANIMALFACE = ("a subset of the AnimalFace dataset (Si & Zhu) chosen by Zhao et al. (DiffAugment, 2020); "
                "no licence stated for the images")
 
-# The facts behind the README's table. The image counts are the papers'; we do not check them after
+# The facts behind the table in docs/guide.md. The image counts are the papers'; we do not check them after
 # a download (a re-published zip may differ), we only count what arrived and say so.
 DATASETS = (
     Dataset("panda", "100-shot-panda", 100, "photos of pandas", _COLLECTED),

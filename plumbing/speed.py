@@ -24,7 +24,7 @@ in a varying order; results agree to float tolerance. `--deterministic` makes CU
 (a resume continues bit for bit) at some speed; it does not make our step equal the baseline step.
 
 `SPEED_DEFAULTS` turns an option on by default only on a device where `bench.py --compare` measured
-it faster (figures in the README, "Speed and memory").
+it faster (figures and commands in docs/speed.md).
 It imports the paper's generator (for its up-blocks), nothing else of ours.
 """
 

@@ -27,8 +27,8 @@ from PIL import Image
 from plumbing.cli import UsageError
 
 # A setting meant for a GPU: --im_size from GPU_SIZE, or --ngf/--ndf above GPU_WIDTH. The README's
-# CPU command (128x128, widths 32) is below both: about 1-2 s per iteration on a laptop CPU, where
-# the paper's setting (1024x1024, widths 64) takes 20 s or more.
+# CPU command (128x128, widths 32) is below both; the paper's setting (256x256, widths 64) takes many
+# times longer per iteration on a CPU (docs/measurements.md).
 GPU_SIZE = 256
 GPU_WIDTH = 32
 CPU_COMMAND = "python train.py --path {path} --im_size 128 --ngf 32 --ndf 32 --device cpu"

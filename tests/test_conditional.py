@@ -104,7 +104,8 @@ def red_blue(tmp_path_factory):
 def test_each_class_samples_its_colour(red_blue):
     """After 120 iterations on saturated red and blue images, the EMA generator's samples of class red
     are red and those of class blue are blue (mean colour of 8 samples per class, from sample.py).
-    The same check fails when the classes are ignored (see the README: y replaced by zeros)."""
+    The same check fails when the classes are ignored (docs/measurements.md, 'Classes': the class
+    input replaced by zeros)."""
     _, means, _, samples = red_blue
     print({c: m.round(1).tolist() for c, m in means.items()})
     assert_each_class_has_its_colour(means)
