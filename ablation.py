@@ -188,7 +188,8 @@ def train_argv(args, name, sle, decoders, recon_weight=None, seed=None, resume=N
     recon_weight = default_recon_weight() if recon_weight is None else recon_weight
     seed = args.seeds[0] if seed is None else seed
     argv = ["--path", str(args.path), "--out", str(args.out), "--name", f"ablation-{args.name}/{name}/seed{seed}",
-            "--im_size", str(args.im_size), "--ngf", str(args.ngf), "--ndf", str(args.ndf),
+            *(["--im_size", str(args.im_size)] if args.im_size is not None else []),
+            "--ngf", str(args.ngf), "--ndf", str(args.ndf),
             "--batch_size", str(args.batch_size), "--iter", str(args.iter), "--seed", str(seed),
             "--ema", str(args.ema), "--recon_weight", str(recon_weight), "--device", args.device,
             "--save_every", str(args.save_every), "--sample_every", str(args.sample_every),

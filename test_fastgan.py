@@ -629,7 +629,7 @@ def test_train_step_reconstructs_what_d_was_shown(monkeypatch):
             seen["d_input"] = img.clone()
         return real_forward(self, img, img_128, part, **kw)
 
-    monkeypatch.setattr(train, "reconstruction_loss", spy)
+    monkeypatch.setattr(losses, "reconstruction_loss", spy)
     monkeypatch.setattr(Discriminator, "forward", forward_spy)
     _one_step(["--policy", "color,translation"])
     assert torch.equal(seen["target_source"], seen["d_input"])
