@@ -24,9 +24,9 @@ The paper's design choices, and where each lives below:
 - Spectral norm on every conv and weights N(0, 0.02) (§4), done by `sn_conv2d` and `init_weights`.
 
 Where we depart from the authors' code: their generator returns its images *without* tanh at 256
-and 512 and with tanh only at 1024, so at 256 and 512 its images leave [-1, 1] (at initialisation,
-in train mode, as far as -3 and +6: docs/measurements.md). The data lie in [-1, 1], so we apply tanh
-to both outputs at every size: D then never sees fakes outside the range of the reals.
+and 512 and with tanh only at 1024, so at 256 and 512 its images leave [-1, 1] from the start
+(docs/measurements.md measures by how much). The data lie in [-1, 1], so we apply tanh to both
+outputs at every size: D then never sees fakes outside the range of the reals.
 
 Also defined here and reused by discriminator.py: `sn_conv2d`, `init_weights`, `UpBlock`, and the
 channel-width table.

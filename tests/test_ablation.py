@@ -153,6 +153,7 @@ def same_draws(steps_a, steps_b, n_steps=None):
     return len(steps_a) == len(steps_b)
 
 
+@pytest.mark.slow
 def test_variants_draw_the_same_inputs(ablation_run):
     """Same seed, same data: all four variants get the same first batch and enter their first step in
     the same random state (so the same latents, injected noise and DiffAugment draws). Variants with
@@ -167,6 +168,7 @@ def test_variants_draw_the_same_inputs(ablation_run):
     assert same_draws(steps["recon"], steps["both"])
 
 
+@pytest.mark.slow
 def test_all_variants_draw_the_same_inputs_every_step(ablation_run):
     """All four variants draw the same random numbers at every iteration: they differ only in what
     the paper ablates."""
@@ -175,6 +177,7 @@ def test_all_variants_draw_the_same_inputs_every_step(ablation_run):
         assert same_draws(steps["baseline"], steps[v]), v
 
 
+@pytest.mark.slow
 def test_writes_table_samples_and_results(ablation_run, one_thread):
     """table.md has the four variants with parameter counts equal to
     train.build_networks'; samples.png holds one row per variant, each the EMA generator of that
@@ -211,6 +214,7 @@ def test_writes_table_samples_and_results(ablation_run, one_thread):
     assert run["out"].count("training from scratch") == 4 and run["out"].count("done: 2 iterations") == 4
 
 
+@pytest.mark.slow
 def test_checkpoints_sample_in_sample_py(ablation_run, tmp_path, one_thread):
     """Each variant is an ordinary train.py run: its checkpoint is at iteration 2, has the variant's
     flags, and sample.py draws images from it."""
@@ -257,6 +261,7 @@ def test_resumes_where_it_stopped(ablation_run, tmp_path, one_thread):
     assert json.loads((root / "results.json").read_text())["iterations"] == 3
 
 
+@pytest.mark.slow
 def test_refuses_bad_input_with_one_line(ablation_run, tmp_path, one_thread):
     """Refused input: exit status 2, one line `ablation.py: error: ...`, no traceback, nothing
     trained or written."""

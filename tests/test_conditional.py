@@ -116,6 +116,7 @@ def test_each_class_samples_its_colour(red_blue):
         assert sorted(p.name for p in (samples / c).glob("*.png"))[:2] == ["000000.png", "000001.png"]
 
 
+@pytest.mark.slow
 def test_training_grids_have_one_row_per_class(red_blue):
     """images/NNNNNN_samples.png: 4 samples per row, one row per class; the checkpoint and args.json
     keep the class names (sorted subfolder names)."""
@@ -169,6 +170,7 @@ def test_conditional_parameter_counts(im_size, width):
           f"D {count(D0):,} -> {count(D1):,}")
 
 
+@pytest.mark.slow
 def test_train_prints_the_conditional_parameter_counts(red_blue):
     out, *_ = red_blue
     G, D = train.build_networks(nets_args(), ["blue", "red"])
@@ -482,6 +484,7 @@ def test_torchrun_labels_travel_with_the_batch(tmp_path):
 # sample.py --class
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sample_modes_with_a_class(red_blue, tmp_path):
     """--class red with truncation, the truncation strip, interpolation and style mixing: every file in
     OUT/red/, every image red; --class blue the same latents, blue images."""
@@ -503,6 +506,7 @@ def test_sample_modes_with_a_class(red_blue, tmp_path):
             assert (r - b if c == "red" else b - r) > 60, (picture, r, b)
 
 
+@pytest.mark.slow
 def test_sample_refuses_wrong_classes_in_one_line(red_blue, tmp_path):
     """A class the checkpoint lacks (its classes are listed), --class on an unconditional checkpoint,
     and a conditional checkpoint without --class: one line each, exit 2, nothing written."""

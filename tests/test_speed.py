@@ -43,7 +43,7 @@ def _bench_baseline():
 
 
 def test_our_step_is_bit_identical_to_the_baseline_step(_bench_baseline):
-    """The always-on savings (D frozen in the G step, fused EMA, ...) change speed, not results:
+    """The always-on savings (D frozen in the G step, no host-device synchronisation, ...) change speed, not results:
     losses, G and D are bit-identical to the baseline step's (the authors' order, our networks) after
     3 iterations."""
     base_losses, G_b, D_b, E_b = _bench_baseline

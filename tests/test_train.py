@@ -247,6 +247,7 @@ def test_image_size_of_a_named_set_is_the_papers_and_an_explicit_size_wins(tmp_p
     assert train.check_args(args) is None and args.im_size is None       # the checkpoint decides
 
 
+@pytest.mark.slow
 def test_the_run_prints_the_chosen_size_first(tmp_path, capsys):
     """The first line of a run without --im_size says the size and why; a resume without --im_size
     continues at the checkpoint's size."""
