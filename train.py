@@ -30,7 +30,8 @@ import torch
 
 import losses
 import metrics
-from plumbing.checkpoint import checkpoint_state, load_optimizer_state, resume_state, set_rng_state, write_checkpoints
+from plumbing.checkpoint import (checkpoint_state, load_optimizer_state, resume_state, set_rng_state, write_best,
+                                 write_checkpoints)
 from plumbing.cli import OneLineParser, UsageError, add_device_argument
 from conditional import add_projection, grid_labels, make_conditional_generator, orthogonal_penalty
 from plumbing.datasets import ensure_dataset
@@ -290,7 +291,8 @@ def train(args):
                     log.add_grids(it)                      # a frame of images/progress.gif; TensorBoard
                 if is_main and at_eval:
                     fakes = sample_uint8(G_ema, args.eval_n, args.seed + 1)        # (n, 3, S, S) uint8
-                    log.evaluated(it, metrics.score(fakes, reals, device=str(device)))  # log, a line, TensorBoard
+                    if log.evaluated(it, metrics.score(fakes, reals, device=str(device))):   # the best SWD yet
+                        write_best(ckpt_dir, checkpoint_state(*nets, opt_G, opt_D, it, args, ctx.state_dict()))
                 if is_main and at_save:
                     write_checkpoints(ckpt_dir, checkpoint_state(*nets, opt_G, opt_D, it, args, ctx.state_dict()))
                 if agree(stop.requested, world):

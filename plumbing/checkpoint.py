@@ -101,6 +101,12 @@ def checkpoint_state(G, D, G_ema, opt_G, opt_D, iteration, args, scalers=None):
     }
 
 
+def write_best(ckpt_dir, state):
+    """checkpoints/best.pt: the run's state at its best evaluation so far, written whole (a checkpoint
+    like the others: sample.py reads its EMA generator, --resume can continue from it)."""
+    save_checkpoint(Path(ckpt_dir) / "best.pt", state)
+
+
 def write_checkpoints(ckpt_dir, state, numbered=True):
     """checkpoints/NNNNNN.pt (unless not `numbered`) and checkpoints/latest.pt, each written whole.
     latest.pt is a hard link to the new numbered file (no second write; a copy where the filesystem has

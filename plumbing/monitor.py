@@ -44,20 +44,71 @@ class Progress:
         self.total, self.t0, self.it0 = total, time.time(), start
         self.tty = sys.stdout.isatty()
 
-    def show(self, it, losses):
+    def show(self, it, losses, score=None):
         rate = (it - self.it0) / max(time.time() - self.t0, 1e-9)
         eta = (self.total - it) / rate if rate > 0 else float("inf")
         eta_s = clock(eta) if eta < 360000 else duration(eta) if rate > 0 else "--"   # over 100 h: '5 days 2 h'
         speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/it"   # slow: seconds each
         line = (f"iter {it}/{self.total}  {speed}  ETA {eta_s}  "
                 f"D real {losses['d_real']:.3f} fake {losses['d_fake']:.3f} recon {losses['recon']:.3f}  "
-                f"G {losses['g']:.3f}")
+                f"G {losses['g']:.3f}" + (f"  SWD {score:.2f}" if score is not None else ""))
         print(("\r" + line + "\x1b[K") if self.tty else line, end="" if self.tty else "\n", flush=True)
         return rate
 
     def close(self):
         if self.tty:
             print()
+
+
+# When to stop: D "may be winning" once the score has got worse this many evaluations in a row while
+# D's hinge loss on reals (whose margin is 0.8-1) is below D_REAL_FLOOR: D separates the few reals
+# from everything else, the overfitting the paper's introduction warns of.
+WORSE_IN_A_ROW = 3
+D_REAL_FLOOR = 0.1
+
+
+class ScoreWatch:
+    """--eval_every's scores (lower is better), read for a user's two questions: is this the best
+    generator so far, and is D winning? `update` takes each evaluation's score and D's latest loss on
+    reals; it returns (a new best?, the warning line or None). `history` holds (iteration, score) in
+    order, including a resumed run's earlier evaluations."""
+
+    def __init__(self, history=()):
+        self.history = list(history)
+        self.best = min((s for _, s in self.history), default=float("inf"))
+        self.warned = False
+
+    def update(self, it, score, d_real):
+        self.history.append((it, score))
+        improved = score < self.best
+        self.best = min(self.best, score)
+        last = [s for _, s in self.history[-(WORSE_IN_A_ROW + 1):]]
+        worse = len(last) == WORSE_IN_A_ROW + 1 and all(b > a for a, b in zip(last, last[1:]))
+        if not (worse and d_real < D_REAL_FLOOR):
+            return improved, None
+        first = self.history[-(WORSE_IN_A_ROW + 1)][0]
+        return improved, (f"note: the score got worse at each of the last {WORSE_IN_A_ROW} evaluations "
+                          f"(iterations {first}-{it}) while D's loss on reals fell to {d_real:.3f}: D may be "
+                          f"winning, memorising the few training images. checkpoints/best.pt keeps the best "
+                          f"generator so far (iteration {self.best_iteration()}); stop here, or try more "
+                          f"images, --policy color,translation,cutout, or a lower --lr")
+
+    def best_iteration(self):
+        return min(self.history, key=lambda h: h[1])[0] if self.history else None
+
+
+def score_history(log_path, upto):
+    """(iteration, SWD) of the evaluations log.jsonl recorded up to iteration `upto` (a resumed run's)."""
+    rows = []
+    if Path(log_path).is_file():
+        for line in Path(log_path).read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:       # a line cut short by a crash
+                continue
+            if "eval" in row and row["iter"] <= upto and row["eval"].get("swd") is not None:
+                rows.append((row["iter"], row["eval"]["swd"]))
+    return rows
 
 
 class LossLog:
@@ -74,6 +125,8 @@ class LossLog:
         self.checkpoint = Path(run_dir or ".") / "checkpoints" / "latest.pt"
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.totals, self.count = None, 0
+        self.means = {}                   # the losses of the last progress line
+        self.scores = ScoreWatch(score_history(self.path, start) if run_dir is not None else ())
 
     def add(self, losses, it):
         stacked = torch.stack(list(losses.values()))                 # (4,) still on the device
@@ -97,7 +150,9 @@ class LossLog:
             self.totals, self.count = None, 0
             if self.file is None:
                 return
-            rate = self.progress.show(it, means)
+            self.means = means
+            last = self.scores.history[-1][1] if self.scores.history else None
+            rate = self.progress.show(it, means, last)
             row = {"iter": it, "time": round(time.time() - self.progress.t0, 3), "it_per_s": round(rate, 4),
                    **means}
             self.watch.logged(it, means, rate, self.progress.tty)
@@ -109,12 +164,20 @@ class LossLog:
                 raise WriteFailed(f"cannot write {self.path}: {describe(e)}") from None
 
     def evaluated(self, it, scores):
-        """metrics.score's scores at iteration `it`: a row of log.jsonl, a line, TensorBoard (rank 0)."""
-        if self.file is not None:
-            self.write(it, {"iter": it, "eval": scores})
-            print(f"\neval at iteration {it}: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in scores.items() if k in ("swd", "fid", "kid") and v is not None))
-            self.watch.evaluated(it, scores)
+        """metrics.score's scores at iteration `it`: a row of log.jsonl, a line, TensorBoard (rank 0).
+        Returns whether SWD is the best so far (the caller writes checkpoints/best.pt); says so, and
+        says when D may be winning (ScoreWatch)."""
+        if self.file is None:
+            return False
+        self.write(it, {"iter": it, "eval": scores})
+        improved, warning = self.scores.update(it, scores["swd"], self.means.get("d_real", float("inf")))
+        print(f"\neval at iteration {it}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in scores.items() if k in ("swd", "fid", "kid") and v is not None)
+            + ("; the best so far: checkpoints/best.pt" if improved else ""))
+        if warning:
+            print(warning)
+        self.watch.evaluated(it, scores)
+        return improved
 
     def add_grids(self, it):
         """The grids of iteration `it` were written: progress.gif and TensorBoard take them (rank 0)."""

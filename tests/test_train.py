@@ -259,3 +259,46 @@ def test_the_run_prints_the_chosen_size_first(tmp_path, capsys):
     code, out, _ = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "2",
                               "--resume", "latest", *tiny_no_size], capsys)
     assert code == 0 and "resumed from iteration 1" in out and "image size" not in out, out
+
+
+def test_best_pt_is_written_when_the_score_improves_and_not_otherwise(tmp_path, capsys, monkeypatch):
+    """With --eval_every, checkpoints/best.pt holds the run at its lowest SWD so far: written at the
+    evaluations that improve on every earlier one, not at the others (the scores are replaced by a
+    fixed sequence); the eval line says so, and the progress line shows the last score."""
+    import metrics
+    sequence = iter([5.0, 4.0, 6.0, 3.0, 7.0])
+    monkeypatch.setattr(metrics, "score", lambda fakes, reals, device: {"swd": next(sequence), "fid": None, "kid": None})
+    written = []
+    real_write = train.write_best
+    monkeypatch.setattr(train, "write_best", lambda d, state: (written.append(state["iteration"]), real_write(d, state)))
+    data = make_images(tmp_path / "data")
+    code, out, _ = run_train(["--path", str(data), "--out", str(tmp_path / "runs"), "--iter", "5",
+                              "--eval_every", "1", "--eval_n", "2", "--sample_every", "100", *TINY], capsys)
+    assert code == 0, out
+    assert written == [1, 2, 4]
+    best = torch.load(tmp_path / "runs" / "data" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["iteration"] == 4
+    assert out.count("the best so far: checkpoints/best.pt") == 3
+    last_line = next(line for line in out.splitlines() if line.startswith("iter 5/5"))
+    assert last_line.endswith("SWD 3.00"), last_line        # logged before iteration 5's evaluation
+
+
+def test_d_may_be_winning_is_said_on_a_worsening_score_with_d_real_near_zero():
+    """ScoreWatch says 'D may be winning' once the score got worse at WORSE_IN_A_ROW evaluations in a
+    row while D's loss on reals is below D_REAL_FLOOR; not on a healthy run (scores falling, or D's
+    loss on reals far from 0), and not on a worse score alone. A resumed run's history counts."""
+    from plumbing.monitor import D_REAL_FLOOR, WORSE_IN_A_ROW, ScoreWatch
+
+    def said(scores, d_real, history=()):
+        watch = ScoreWatch(history)
+        lines = [watch.update(500 * (i + 1 + len(history)), s, d_real)[1] for i, s in enumerate(scores)]
+        return [line for line in lines if line]
+
+    overfitting = [50.0, 40.0, 41.0, 45.0, 52.0]        # best at the 2nd, then worse 3 times in a row
+    assert WORSE_IN_A_ROW == 3 and D_REAL_FLOOR == 0.1
+    lines = said(overfitting, d_real=0.02)
+    assert len(lines) == 1 and "D may be winning" in lines[0] and "iteration 1000)" in lines[0], lines
+    assert said(overfitting, d_real=0.6) == []                     # D still has work: not the warning
+    assert said([50.0, 45.0, 41.0, 38.0, 36.0], d_real=0.02) == []  # a healthy run
+    assert said([50.0, 40.0, 41.0, 39.0, 45.0, 46.0], d_real=0.02) == []   # worse, but not 3 in a row
+    assert len(said([45.0, 52.0], d_real=0.02, history=[(500, 50.0), (1000, 40.0), (1500, 41.0)])) == 1  # resumed
