@@ -194,12 +194,14 @@ def disk_plan(run_dir, args, nets, n_samples):
     one = checkpoint_bytes(nets)
     n_ckpt = saves(args.iter, args.save_every)
     kept = n_ckpt if args.keep <= 0 or args.keep >= n_ckpt else args.keep + 1   # + the one being written
+    best = 1 if getattr(args, "eval_every", 0) else 0                          # checkpoints/best.pt
     grids = saves(args.iter, args.sample_every) * grid_bytes(args.im_size, n_samples)
-    need = kept * one + grids
+    need = (kept + best) * one + grids
     root = next(p for p in [Path(run_dir), *Path(run_dir).resolve().parents] if p.exists())
     free = shutil.disk_usage(root).free
     there = sum(f.stat().st_size for f in Path(run_dir).rglob("*") if f.is_file()) if Path(run_dir).exists() else 0
     extra = f" (--keep {args.keep}, and the next one while it is written)" if kept < n_ckpt else ""
+    extra += " and best.pt" if best else ""
     line = (f"disk: one checkpoint {_size(one)}; this run keeps at most {_size(need)}: {kept} "
             f"checkpoint{'' if kept == 1 else 's'}{extra} "
             f"and {_size(grids)} of grids; {_size(free)} free on {root}")

@@ -38,9 +38,10 @@ def tiny_run(tmp_path_factory):
 
 
 def test_train_writes_checkpoints_images_log_and_args(tiny_run):
-    """OUT/NAME/ holds numbered and latest checkpoints, grids, the loss log and args."""
+    """OUT/NAME/ holds numbered and latest checkpoints (and best.pt: this run evaluates), grids, the loss
+    log and args."""
     _, _, run = tiny_run
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt", "latest.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt", "best.pt", "latest.pt"]
     assert sorted(p.name for p in (run / "images").iterdir()) == [
         "000002_recons.png", "000002_samples.png", "000004_recons.png", "000004_samples.png", "progress.gif"]
     # The timelapse: one frame per sample grid, in order, each the grid downscaled (watch.Timelapse).
