@@ -291,7 +291,7 @@ def fold_upsample(net, name="net"):
     left alone). Every other block is left as written. Call before the optimisers are made: a folded
     conv's parameters are new tensors (with the same values).
 
-    Returns (the number of blocks folded, ['NAME.PATH (why)', ...] for each block left as written)."""
+    Returns (the number of blocks folded, [('NAME.PATH', why), ...] for each block left as written)."""
     blocks = {path: m for path, m in net.named_modules() if isinstance(m, (UpBlock, UpBlockComp))}
     calls = {}
     hooks = [m.register_forward_pre_hook(functools.partial(_remember_call, calls, path), with_kwargs=True)
@@ -305,7 +305,7 @@ def fold_upsample(net, name="net"):
             for path, block in blocks.items():
                 why = _why_not_foldable(block) or _why_not_same(block, calls.get(path))
                 if why:
-                    left.append(f"{name}.{path} ({why})")
+                    left.append((f"{name}.{path}", why))
                 else:
                     folded += 1
     finally:
@@ -315,6 +315,14 @@ def fold_upsample(net, name="net"):
         for m, training in was_training.items():
             m.training = training
     return folded, left
+
+
+def left_as_written(left):
+    """[(block, why), ...] as one phrase, the blocks grouped by why: 'why: A, B; why2: C' ('none')."""
+    by_why = {}
+    for block, why in left:
+        by_why.setdefault(why, []).append(block)
+    return "; ".join(f"{why}: {', '.join(blocks)}" for why, blocks in by_why.items()) or "none"
 
 
 def _remember_call(calls, path, module, args, kwargs):
@@ -328,7 +336,7 @@ def _why_not_same(block, call):
         return "it did not run in a forward of the network"
     args, kwargs = call
     if args[0].shape[-1] < FOLD_FROM:
-        return f"its input is {args[0].shape[-1]}x{args[0].shape[-1]}; the fold is slower below {FOLD_FROM}x{FOLD_FROM}"
+        return f"its input is {args[0].shape[-1]}x{args[0].shape[-1]}, where the fold is slower (below {FOLD_FROM}x{FOLD_FROM})"
     conv_name = _first_conv_name(block)
     up, conv = block.up, getattr(block, conv_name)
     before = block(*args, **kwargs)
@@ -343,7 +351,7 @@ def _why_not_same(block, call):
         return None
     block.up = up
     setattr(block, conv_name, conv)
-    return "folded, it computed something else: its forward is not upsample then conv"
+    return "folded, it computed something else (its forward is not upsample then conv)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,8 +370,8 @@ def speed_up(G, D, args, device, processes=1, say=None):
     if args.fast_upsample:
         (n_g, left_g), (n_d, left_d) = fold_upsample(G, "G"), fold_upsample(D, "D")  # D: its decoders' up-blocks
         if say:
-            say(f"fast_upsample: {n_g + n_d} up-blocks folded (nearest x2 + 3x3 conv as one transposed conv); "
-                f"left as written: {', '.join(left_g + left_d) or 'none'}")
+            say(f"fast_upsample: {n_g + n_d} of {n_g + n_d + len(left_g + left_d)} up-blocks folded (nearest x2 + "
+                f"3x3 conv as one transposed conv); left as written: {left_as_written(left_g + left_d)}")
     if args.amp:
         power_iteration_in_float32(G)
         power_iteration_in_float32(D)
