@@ -59,7 +59,6 @@ is refused before anything is written. A file that cannot be written (a full dis
 folder) is one line naming it and the OS error, exit status 1; every file is written whole or not at all.
 """
 
-import argparse
 import json
 import math
 import sys

@@ -19,7 +19,6 @@ and latest.pt (the newest), images/NNNNNN_samples.png, _recons.png and progress.
 args.json (tensorboard/ with --tensorboard).
 """
 
-import argparse
 import copy
 import random
 import sys

@@ -12,7 +12,6 @@ train.build_networks and train.train_step.
 import errno
 import itertools
 import json
-import os
 import shutil
 from pathlib import Path
 
