@@ -333,7 +333,9 @@ def test_invert_lowers_the_error(tiny_ckpt):
     target = sample.generate(G, z_true, noise)
     z, recon, losses = sample.invert(G, target, steps=30, lr=0.1, generator=torch.Generator().manual_seed(1))
     assert z.shape == (1, LATENT) and recon.shape == target.shape and len(losses) == 31
-    assert losses[-1] < 0.8 * losses[0], losses
+    # 30 steps take the error to 0.78 of the start on this checkpoint (the same under every CPU kernel
+    # setting: nothing here is trained); 0.9 leaves room for a fork's other G (an attention block).
+    assert losses[-1] < 0.9 * losses[0], losses
     # The reported errors are the real ones: of the starting latent (draw_inputs' z) and of the result.
     z0, _ = sample.draw_inputs(G, 1, seed=1)
     with torch.no_grad():
