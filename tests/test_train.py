@@ -5,7 +5,8 @@ a loss that becomes NaN, Ctrl-C, and images streamed from disk.
 
 Most tests run train.py's `main` in this process at the smallest real configuration (TINY, in
 tests/helpers.py: 128x128, widths 8, batch 2); the Ctrl-C test and one refusal run `python train.py` as a
-user does. That the loop actually learns is tested in test_fastgan.py (test_short_training_learns).
+user does. That the loop actually learns is tested in test_fastgan.py (test_a_short_run_learns_the_images, and
+test_short_training_learns under -m slow).
 """
 
 import json
