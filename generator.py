@@ -188,6 +188,9 @@ class Generator(nn.Module):
         # Output heads (tanh applied in forward): a 1x1 conv on the 128x128 map, a 3x3 conv on the last.
         self.to_128 = sn_conv2d(f[128], nc, 1, 1, 0)
         self.to_big = sn_conv2d(f[im_size], nc, 3, 1, 1)
+        # tanh on both images. The authors' G has it at 1024 only: plumbing/pretrained.py makes this an
+        # identity for their 256 and 512 weights, so that an imported G computes what theirs computes.
+        self.tanh = nn.Tanh()
         self.class_embedding = None      # not in the paper: BigGAN's class embedding, see conditional.py
         init_weights(self)
 
@@ -235,6 +238,6 @@ class Generator(nn.Module):
             if str(r) in self.sle:                      # 64, 128, 256, 512: Eq. 1
                 x = self.sle[str(r)](gates_from[r // 16], x)
             if r == 128:
-                img_128 = torch.tanh(self.to_128(x))    # (B, nc, 128, 128)
-        img = torch.tanh(self.to_big(x))                # (B, nc, im_size, im_size)
+                img_128 = self.tanh(self.to_128(x))     # (B, nc, 128, 128)
+        img = self.tanh(self.to_big(x))                 # (B, nc, im_size, im_size)
         return img, img_128

@@ -36,7 +36,15 @@ Without a checkpoint:
                              grid, downscaled (the file train.py keeps up to date; plumbing/watch.py).
 
 Other flags: --raw (the trained G instead of its EMA copy), --seed (default 0), --batch_size (16),
---device auto|cuda|mps|cpu. The image size, the widths and nz always come from the checkpoint.
+--device auto|cuda|mps|cpu, --bn eval|batch (below). The image size, the widths and nz always come
+from the checkpoint.
+
+The authors' released models. --ckpt also reads the files of the authors' train.py, models/{iter}.pth
+and models/all_{iter}.pth, in every mode (plumbing/pretrained.py; docs/pretrained.md): their names mapped
+to ours, the size and widths read from the tensors' shapes. At 256 and 512 their G has no tanh, and an
+imported one computes the same. Their eval.py samples in train mode (BatchNorm with each batch's
+statistics): --bn batch does the same; the default, --bn eval, samples in eval mode, after recomputing
+the EMA generator's BatchNorm statistics from its own samples (their file holds the trained G's).
 
 Classes (a checkpoint trained with --classes, conditional.py):
     --class cat              every mode above for class cat, written to OUT/cat/ (repeatable: one
@@ -69,13 +77,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from plumbing.checkpoint import generator_from_checkpoint, load_checkpoint
+from plumbing.checkpoint import generator_from_checkpoint
 from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from conditional import make_conditional_generator
 from plumbing.datasets import ensure_dataset
 from plumbing.disk import WriteFailed, atomic_write
 from discriminator import resize_to_128
 from plumbing.images import find_images, load_image, save_grid, to_uint8
+from plumbing.pretrained import BN_MODES, read_weights, ready_to_sample
 from plumbing.watch import Timelapse
 
 STRIP_PSIS = (2.0, 1.0, 0.7, 0.5, 0.3)  # rows of truncation_strip.png: from "no truncation" to strong
@@ -90,7 +99,7 @@ GIF_FRAME_MS = 80
 # Loading the generator, drawing its inputs, running it
 # ------------------------------------------------------------------------------------------------
 
-def load_generator(ckpt, raw=False, device="cpu", log=print):
+def load_generator(ckpt, raw=False, device="cpu", log=print, bn="eval"):
     """The checkpoint's EMA generator (or with raw=True the trained G), in eval mode, on `device`.
 
     Samples come from the EMA copy (ema.py: decay --ema, 0.999 by default, ramped up early in a run):
@@ -98,8 +107,9 @@ def load_generator(ckpt, raw=False, device="cpu", log=print):
     training. Eval mode: BatchNorm normalises with its running statistics, not with the batch's, so
     each image is a function of its own latent and noise only; for the EMA generator those are its
     own, recomputed from its samples when train.py wrote the checkpoint. The network is built from the checkpoint's own
-    arguments (im_size, ngf, nz, no_sle, class_names): nothing here can disagree with the weights."""
-    state = load_checkpoint(ckpt)  # UsageError: missing, unreadable, or not one of ours
+    arguments (im_size, ngf, nz, no_sle, class_names): nothing here can disagree with the weights.
+    The authors' files are read too, and bn='batch' samples in train mode (plumbing/pretrained.py)."""
+    state = read_weights(ckpt, need_raw=raw)  # UsageError: missing, unreadable, neither ours nor theirs
     try:
         G = generator_from_checkpoint(state, ema=not raw, make_conditional=make_conditional_generator)
     except Exception as e:  # a file with our marker but broken contents
@@ -109,7 +119,7 @@ def load_generator(ckpt, raw=False, device="cpu", log=print):
     log(f"{ckpt}: iteration {state['iteration']}, {a['im_size']}x{a['im_size']}, ngf {a['ngf']}, "
         f"nz {a['nz']}, {'trained G (--raw)' if raw else 'EMA generator'}"
         + (f", classes {', '.join(a['class_names'])}" if a.get("class_names") else ""))
-    return G.to(device).eval().requires_grad_(False)
+    return ready_to_sample(G.to(device), state, raw, bn, log).requires_grad_(False)
 
 
 def truncate(z, psi, generator=None):
@@ -384,7 +394,8 @@ def save_gif(frames_uint8, path, max_size=GIF_MAX_SIZE, frame_ms=GIF_FRAME_MS):
 
 def parse_args(argv=None):
     p = OneLineParser(prog="sample.py", description="Sample from a trained FastGAN checkpoint (see the module docstring).")
-    p.add_argument("--ckpt", default=None, help="a checkpoint written by train.py (every mode but --timelapse)")
+    p.add_argument("--ckpt", default=None, help="a checkpoint written by train.py, or the authors' {iter}.pth or "
+                   "all_{iter}.pth (every mode but --timelapse)")
     p.add_argument("--timelapse", default=None, metavar="RUN_DIR",
                    help="write RUN_DIR/images/progress.gif from the run's sample grids (no checkpoint needed)")
     p.add_argument("--out", default="samples", help="folder to write to")
@@ -393,6 +404,8 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     add_device_argument(p)
     p.add_argument("--raw", action="store_true", help="use the trained G instead of its EMA copy")
+    p.add_argument("--bn", choices=BN_MODES, default="eval",
+                   help="BatchNorm: eval, running statistics (the authors' EMA generator's recomputed); batch, train mode as the authors' eval.py")
     p.add_argument("--grid", action="store_true", help="also write grid.png")
     p.add_argument("--truncation", type=float, default=None, metavar="PSI",
                    help="truncation trick: redraw latent entries with |z| > PSI (smaller: fidelity over variety)")
@@ -479,7 +492,7 @@ def run(args):
         return write_timelapse(args.timelapse)
     check_args(args)
     device = resolve_device(args.device)
-    G = load_generator(args.ckpt, args.raw, device)
+    G = load_generator(args.ckpt, args.raw, device, bn=args.bn)
     classes = chosen_classes(G, args.classes, args.ckpt)                        # [(None, None)]: no classes
     # Inputs that may be refused are read before anything is written.
     train_feats = train_paths = target = None

@@ -43,6 +43,7 @@ from ema import EMA, recompute_batchnorm_statistics
 from generator import SUPPORTED_SIZES, Generator
 from plumbing.images import class_folders, default_image_size, training_data
 from plumbing.monitor import Diverged, LossLog, StopSignal, fixed_inputs, sample_uint8, save_samples
+from plumbing.pretrained import defer_architecture, init_from
 from plumbing.speed import StepContext, add_speed_arguments, fused_adam, resolve_speed_flags, speed_up
 from plumbing.watch import require_tensorboard
 
@@ -80,6 +81,8 @@ def parse_args(argv=None):
     add("--log_every", type=int, default=20, help="print progress and append to log.jsonl (and after iteration 1)")
     add("--tensorboard", action="store_true", help="losses, scores, grids for TensorBoard (pip install tensorboard)")
     add("--resume", default=None, help="a checkpoint to continue, or 'latest'")
+    add("--init_from", default=None, metavar="CKPT", help="fine-tune: G, D and the EMA generator start from CKPT "
+        "(ours, or the authors' {iter}.pth or all_{iter}.pth), with its size and widths; Adam and the iteration count afresh")
     add("--eval_every", type=int, default=0, help="score EMA samples against the training images every "
         "N iterations (0: never)")
     add("--eval_n", type=int, default=100, help="how many EMA samples each evaluation scores")
@@ -94,7 +97,7 @@ def parse_args(argv=None):
     add_speed_arguments(p)
     args = p.parse_args(argv)
     args.name = args.name or Path(args.path).resolve().name
-    return args
+    return defer_architecture(p, argv, args)     # --init_from: the size and widths not given come from its file
 
 
 def check_args(args):
@@ -208,6 +211,7 @@ def train_step(G, D, opt_G, opt_D, real, args, ctx, distance, y=None, ortho=0.0)
 
 def train(args):
     """Set up, then run iterations until args.iter. Returns the run folder."""
+    init = init_from(args)                   # --init_from: its weights (plumbing/pretrained.py), else None
     size_line = check_args(args)
     rank, world, device = setup_distributed(args.device, args.batch_size)
     is_main = rank == 0                      # only rank 0 keeps the EMA, logs, draws grids and saves
@@ -231,8 +235,9 @@ def train(args):
     G, D = build_networks(args, args.class_names)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    if state is not None:
-        G.load_state_dict(state["G"]), D.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
+    weights = state or init                  # --resume continues a run; --init_from starts one from weights
+    if weights is not None:
+        G.load_state_dict(weights["G"]), D.load_state_dict(weights["D"]), G_ema.load_state_dict(weights["G_ema"])
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (G, D))
     nets = (G, D, G_ema)                           # the plain modules, whose weights checkpoints hold
     G, D = speed_up(G, D, args, device, world, say)  # same function, faster (before Adam sees the weights)

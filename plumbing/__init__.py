@@ -7,6 +7,7 @@ images (the authors' data augmentation).
     datasets.py     the paper's few-shot sets fetched by name into a missing --path folder
     distances.py    --recon: the distance inside Eq. 2 (losses.py's pixel distance, or the authors' LPIPS)
     checkpoint.py   atomic checkpoint writes and exact resume
+    pretrained.py   the authors' released files read into our networks; train.py --init_from
     disk.py         files written whole, --keep, the disk a run takes, a failed write as one line
     distributed.py  several GPUs with torchrun
     speed.py        options that change speed, not what is learned

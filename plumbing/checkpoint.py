@@ -73,17 +73,28 @@ def save_checkpoint(path, state):
         torch.save(state, f)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read one of our checkpoints; anything else (missing, unreadable, someone else's) is a UsageError."""
+def read_file(path, map_location="cpu"):
+    """torch.load(path, weights_only=True): tensors and plain values only, never code. A missing or
+    unreadable file (truncated, not torch's, a pickle of other objects) is a UsageError."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise UsageError(f"{path}: not a readable FastGAN checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+
+
+def is_ours(state):
+    """Whether a file's contents are a checkpoint written by train.py (it carries our format marker)."""
+    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read one of our checkpoints; anything else (missing, unreadable, someone else's) is a UsageError."""
+    state = read_file(path, map_location)
+    if not is_ours(state):
         raise UsageError(f"{path}: not a checkpoint written by this project's train.py")
     return state
 
@@ -155,6 +166,14 @@ def resume_state(args, run_dir):
     if saved != now:
         raise UsageError(f"{path} was trained on {_classes(saved)}, but this run has {_classes(now)}; "
                          f"resume it on the same classes{' (pass --classes)' if saved and not now else ''}")
+    # A fine-tuning run (--init_from, plumbing/pretrained.py) keeps, resumed, the record of where its
+    # weights came from (args.json is written anew); another --init_from would be another run.
+    saved, now = state["args"].get("init_from"), getattr(args, "init_from", None)
+    if now is not None and (saved is None or Path(saved).resolve() != Path(now).resolve()):
+        raise UsageError(f"--init_from {now}: {path} continues a run that started "
+                         f"{'from ' + saved if saved else 'from scratch'}; leave out --init_from to resume it")
+    if saved is not None:
+        args.init_from, args.init_source = saved, state["args"].get("init_source")
     return state
 
 

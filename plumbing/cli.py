@@ -41,6 +41,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def given_flags(parser, argv, dests):
+    """Which of the arguments `dests` the command line `argv` sets itself rather than leaving at their
+    defaults, as argparse reads it (abbreviations and --flag=value included): parsing into a namespace
+    that already holds a marker in each, argparse sets only what argv gives."""
+    unset = object()
+    ns = parser.parse_args(argv, namespace=argparse.Namespace(**{d: unset for d in dests}))
+    return {d for d in dests if getattr(ns, d) is not unset}
+
+
 # The devices --device accepts, and the order in which `auto` tries them: an NVIDIA GPU, then the
 # GPU of an Apple-silicon Mac (PyTorch's MPS backend), then the CPU, which is always there.
 DEVICE_ORDER = ("cuda", "mps", "cpu")
