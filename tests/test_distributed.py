@@ -182,7 +182,7 @@ def test_two_processes_write_once_and_resume_in_one(two_process_run, tmp_path, c
     assert sorted(records[0]["calls"]) == sorted(["save_samples", "write_checkpoints", "sample_uint8",
                                                   "save_samples", "write_checkpoints"])
     assert sorted(p.name for p in run.iterdir()) == ["args.json", "checkpoints", "images", "log.jsonl"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000003.pt", "latest.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000003.pt", "best.pt", "latest.pt"]
     assert sorted(p.name for p in (run / "images").iterdir()) == [
         "000002_recons.png", "000002_samples.png", "000003_recons.png", "000003_samples.png", "progress.gif"]
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
