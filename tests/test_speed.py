@@ -212,8 +212,14 @@ def test_batchnorm_gradients_arrive_in_their_outputs_layout():
 
 
 @pytest.mark.slow   # compiles G and D: minutes
-def test_compile_agrees_within_tolerance(_bench_baseline):
-    """--compile (torch.compile of G and D): losses within 5e-3 of eager float32 after 3 iterations."""
+def test_compile_agrees_within_tolerance(_bench_baseline, monkeypatch):
+    """--compile (torch.compile of G and D): losses within 5e-3 of eager float32 after 3 iterations.
+    G draws its injected noise inside its forward, and inductor draws random numbers with its own
+    generator: with `fallback_random` the compiled G draws torch's, the same noise as eager, so that the
+    two compute the same function of the same numbers (without it the losses differ from the first
+    iteration on, as any other draw of the noise would)."""
+    import torch._inductor.config
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     base_losses, _, _, _ = _bench_baseline
     losses, _, _, _ = _bench_run("ours", compile=True)
     for lb, lo in zip(base_losses, losses):
