@@ -150,8 +150,8 @@ def _shape(t):
 
 
 def _networks_of_their_shapes(g, d, path):
-    """Our G and D on the meta device (shapes only, no memory) at the size and widths read from their
-    state_dicts g and d, and a description of them. Refuses what cannot be read or built."""
+    """Our G and D at the size and widths read from their state_dicts g and d (for their shapes), and a
+    description of them. Refuses what cannot be read or built."""
     w = g.get("init.init.0.weight_orig")                 # (nz, 2 * 16 * ngf, 4, 4): a transposed conv
     r = d.get("rf_big.0.weight_orig")                    # (16 * ndf, 8 * ndf, 1, 1)
     if not (torch.is_tensor(w) and w.dim() == 4 and torch.is_tensor(r) and r.dim() == 4):
@@ -163,8 +163,7 @@ def _networks_of_their_shapes(g, d, path):
         raise UsageError(f"{path}: its 'g' has no feat_256, feat_512 or feat_1024 block: not a FastGAN generator")
     im_size = sizes[0]
     try:
-        with torch.device("meta"):
-            G, D = Generator(ngf=ngf, nz=nz, im_size=im_size), Discriminator(ndf=ndf, im_size=im_size)
+        G, D = Generator(ngf=ngf, nz=nz, im_size=im_size), Discriminator(ndf=ndf, im_size=im_size)
     except ValueError as e:     # a width our networks cannot be built with (not a multiple of 8)
         raise UsageError(f"{path}: ngf {ngf}, ndf {ndf} (read from init.init.0 {_shape(w)} and rf_big.0 "
                          f"{_shape(r)}) do not build our networks: {e}")
