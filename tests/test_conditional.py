@@ -152,7 +152,7 @@ def test_class_grid_is_drawn_in_chunks_with_each_samples_class(tmp_path):
 # Parameter counts, the networks' interfaces
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("im_size,width", [(128, 8), (1024, 64)])
+@pytest.mark.parametrize("im_size,width", [(128, 8), pytest.param(1024, 64, marks=pytest.mark.slow)])
 def test_conditional_parameter_counts(im_size, width):
     """Conditional G = unconditional G - each BatchNorm's gain and bias (2C) + two linear maps of the
     shared embedding per BatchNorm (2 (128 C + C)) + the embedding (K x 128). Conditional D =

@@ -116,6 +116,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, kept_
     assert sorted(p.name for p in ckpts.iterdir()) == ["000005.pt", "000006.pt", "latest.pt"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), whose writes fail with ENOSPC")
 def test_full_disk_at_the_loss_log_is_one_line_and_loses_nothing(tmp_path, kept_run, capsys, monkeypatch):
     """log.jsonl's filesystem is full (its file is /dev/full, which the kernel answers with ENOSPC at

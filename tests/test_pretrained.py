@@ -100,7 +100,8 @@ G_CASES = {"256 {iter}.pth": (SHORT_256, "short_ema", True),
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("case", list(G_CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith("1024") else c
+                                  for c in G_CASES])   # the 1024 file: under -m slow
 def test_generator_gives_their_images(case, mode, tmp_path):
     """Our G loaded from their file computes their G's two images for the same z and noise, to 1e-5:
     in train mode (BatchNorm with the batch's statistics, one power iteration per spectral norm) and in
@@ -144,7 +145,8 @@ D_CASES = {"256 {iter}.pth": (SHORT_256, "short"), "256 all_{iter}.pth": (ALL_25
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("case", list(D_CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith("1024") else c
+                                  for c in D_CASES])   # the 1024 file: under -m slow
 def test_discriminator_gives_their_logits(case, mode):
     """Our D loaded from their file gives their D's logits on fixed images (the full-size image and a
     128x128 one, given to both), and its decoders their reconstructions, to 1e-5, in both modes."""
@@ -252,6 +254,7 @@ def test_sample_refuses_in_one_line(case, tmp_path, capsys):
     assert not (tmp_path / "out").exists(), "nothing may be written for a refused file"
 
 
+@pytest.mark.slow
 def test_refusal_from_the_command_line(tmp_path):
     """`python sample.py` itself: the edited to_big, one line on stderr, exit 2, no traceback."""
     path = _edited(tmp_path, SHORT_256, _wider_to_big)
@@ -264,6 +267,7 @@ def test_refusal_from_the_command_line(tmp_path):
 
 # -- 3. sample.py with their files --
 
+@pytest.mark.slow
 def test_sample_reads_their_file_in_every_mode(tmp_path, capsys):
     """Every mode runs on their {iter}.pth; what is said about their G (no tanh at 256, statistics
     recomputed) is said once, and the samples are real pictures."""
@@ -284,6 +288,7 @@ def test_sample_reads_their_file_in_every_mode(tmp_path, capsys):
     assert "the authors' {iter}.pth" in out
 
 
+@pytest.mark.slow
 def test_bn_batch_samples_as_their_eval_py(tmp_path):
     """--bn batch: train mode, so a batch is their eval.py's sampling (here: their train-mode images of
     the fixture's z); --bn eval: eval mode, with statistics recomputed (not the file's)."""
@@ -302,6 +307,7 @@ def test_bn_batch_samples_as_their_eval_py(tmp_path):
     assert (sample.generate(G, e["z"], noise)[:1] - one).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_sample_1024_grid(tmp_path, capsys):
     """Their 1024 file (saved from nn.DataParallel) samples 1024x1024 images and a grid; with tanh, as
     theirs at 1024, so nothing is said about it (--bn batch: no statistics to recompute, a quick test)."""
@@ -328,6 +334,7 @@ def _log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_weights(source, capsys):
     """The first iteration's loss on reals is another than a fresh run's (same seed, same data); the
     count starts at 0 and Adam afresh; args.json says where the weights came from."""
@@ -352,6 +359,7 @@ class Peeked(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_init_from_loads_g_d_and_the_ema(source, monkeypatch):
     """G, D and the EMA generator hold the file's weights when the first iteration starts."""
     root, ckpt, new = source
@@ -376,6 +384,7 @@ def test_init_from_loads_g_d_and_the_ema(source, monkeypatch):
     assert not all(torch.equal(want["G"][k], want["G_ema"][k]) for k in want["G"])
 
 
+@pytest.mark.slow
 def test_resume_continues_a_fine_tuning_run(source, capsys):
     """--resume latest continues the run that --init_from started: 1 + 1 iterations give the state of
     2 in one go (the same command plus --resume latest), and args.json keeps the source."""
@@ -395,6 +404,7 @@ def test_resume_continues_a_fine_tuning_run(source, capsys):
     assert json.loads((root / "runs" / "twice" / "args.json").read_text())["init_from"] == str(ckpt.resolve())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["--ngf", "--im_size", "another source", "unreadable"])
 def test_init_from_refusals(source, tmp_path, capsys, case):
     root, ckpt, new = source
@@ -411,6 +421,7 @@ def test_init_from_refusals(source, tmp_path, capsys, case):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_init_from_their_file(tmp_path, capsys):
     """Fine-tuning starts from their {iter}.pth: 256x256, widths 8, nz 16 from the file; one iteration."""
     data = make_images(tmp_path / "data", n=2)

@@ -112,6 +112,7 @@ def test_resume_is_bit_exact(tiny_run, capsys):
     assert (run / gif).read_bytes() == (out / "data" / gif).read_bytes()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     """A NaN loss stops the run with a message naming its iteration; latest.pt stays the last good one."""
     data = make_images(tmp_path / "data", n=2)
@@ -203,6 +204,7 @@ def test_refused_input_in_a_real_process_has_no_traceback(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"train.py: error: {tmp_path / 'nope'}: no such folder (give --path a folder of images"), lines
 
 
+@pytest.mark.slow
 def test_streaming_data_trains(tmp_path, capsys):
     """--stream decodes from disk each iteration (the path for sets too large for memory)."""
     data = make_images(tmp_path / "data", n=3)
@@ -263,6 +265,7 @@ def test_the_run_prints_the_chosen_size_first(tmp_path, capsys):
     assert code == 0 and "resumed from iteration 1" in out and "image size" not in out, out
 
 
+@pytest.mark.slow
 def test_best_pt_is_written_when_the_score_improves_and_not_otherwise(tmp_path, capsys, monkeypatch):
     """With --eval_every, checkpoints/best.pt holds the run at its lowest SWD so far: written at the
     evaluations that improve on every earlier one, not at the others (the scores are replaced by a

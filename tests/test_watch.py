@@ -146,6 +146,7 @@ def test_sample_timelapse_builds_the_gif_of_a_run_folder(tmp_path, capsys):
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "no sample grids" in err
 
 
+@pytest.mark.slow
 def test_timelapse_keeps_frames_small_and_rebuilds_after_a_resume(tmp_path):
     """A 1024x1024 run's grid (4106 pixels) becomes a FRAME_WIDTH frame; `update(upto=it)` leaves out
     the grids an earlier attempt wrote after `it`, and re-reads the grid of `fresh`."""
