@@ -18,6 +18,7 @@ It imports the paper's generator, `cli.UsageError` and disk.py's file writing, n
 that needs it).
 """
 
+import pickle
 import random
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def read_file(path, map_location="cpu"):
         raise UsageError(f"{path}: no such checkpoint file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:   # torch's text for it is a page long, with terminal colour codes
+        raise UsageError(f"{path}: not a readable FastGAN checkpoint (it holds Python objects other than "
+                         f"tensors and plain values, which weights_only=True does not build)")
     except Exception as e:
         raise UsageError(f"{path}: not a readable FastGAN checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})")

@@ -308,7 +308,9 @@ def init_from(args, log=print):
     (a conflicting --im_size, --ngf, --ndf or --nz is refused); args.init_from becomes the file's absolute
     path and args.init_source says what it held, so args.json records where the weights came from.
     Adam and the iteration count start afresh: that is train.py's fresh run. G starts from the trained
-    G where the file has one, else (their {iter}.pth) from the EMA weights, like the EMA generator."""
+    G where the file has one, else (their {iter}.pth) from the EMA weights, like the EMA generator.
+    With --resume as well, train.py continues the run from its checkpoint (checkpoint.resume_state
+    checks that it started from this file): only the size and widths are taken from here."""
     if getattr(args, "init_from", None) is None:
         return None
     path = Path(args.init_from)
@@ -331,5 +333,6 @@ def init_from(args, log=print):
     args.init_source = (f"the authors' {theirs['kind']}, {theirs['described']}" if theirs is not None else
                         f"this project's checkpoint at iteration {state['iteration']}, {a['im_size']}x{a['im_size']}, "
                         f"ngf {a['ngf']}, ndf {a['ndf']}, nz {a['nz']}")
-    log(f"init_from: {args.init_from}: {args.init_source}; Adam and the iteration count start afresh")
+    log(f"init_from: {args.init_from}: {args.init_source}; " + ("its size and widths; the weights, Adam and the "
+        "count come from --resume's checkpoint" if args.resume else "Adam and the iteration count start afresh"))
     return {"G": state["G"] if state["G"] is not None else state["G_ema"], "D": state["D"], "G_ema": state["G_ema"]}
