@@ -13,7 +13,7 @@ In {iter}.pth the EMA weights sit beside the trained G's buffers (spectral norm'
 running statistics): their train.py copies the average into G's parameters and saves G's state_dict.
 
 Their networks are ours layer for layer (same layers, same parameter counts: test_fastgan.py), under
-other names, which `GENERATOR_NAMES`-style tables below map module by module:
+other names, which `generator_names` and `discriminator_names` below map module by module:
 - modules: their G's `feat_64` is our `up.64`, `se_64` our `sle.64`; their D's `down_4` (the block
   from 256x256 to 128x128) our `down.128`, `se_2_16` (the 256x256 map gating the 32x32 one) our
   `sle.32`, `rf_big` our `logits_big`, `down_from_small` our `small`;
@@ -212,8 +212,9 @@ def with_ema_weights(g, g_ema, path):
 
 
 def from_theirs(state, path):
-    """The authors' {iter}.pth or all_{iter}.pth as a checkpoint of ours: {'iteration', 'args', 'G' (None
-    for {iter}.pth, which holds no trained G), 'G_ema', 'D', 'authors': what the file was}."""
+    """The authors' {iter}.pth or all_{iter}.pth as a checkpoint of ours: {'iteration' (read from the file's
+    name, as their train.py names it), 'args', 'G' (None for {iter}.pth, which holds no trained G),
+    'G_ema', 'D', 'authors': what the file was}."""
     g, d = without_dataparallel(state["g"]), without_dataparallel(state["d"])
     G, D, described = _networks_of_their_shapes(g, d, path)
     names = generator_names(G.im_size)
@@ -225,7 +226,7 @@ def from_theirs(state, path):
             "D": to_our_names(d, discriminator_names(), D_shapes, "'d'", path, described)}
     number = re.fullmatch(r"(?:all_)?(\d+)\.pth", Path(path).name)
     kind = "all_{iter}.pth (the trained G, its EMA, D)" if full else "{iter}.pth (the EMA generator, D)"
-    return {"iteration": int(number.group(1)) if number else None,
+    return {"iteration": int(number.group(1)) if number else "? (not in the file's name)",
             "args": {"im_size": G.im_size, "ngf": G.ngf, "ndf": D.ndf, "nz": G.nz,
                      "no_sle": False, "no_recon": False, "class_names": None},
             **ours,
