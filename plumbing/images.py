@@ -9,7 +9,7 @@ training device (in memory) or decoding a large one from disk every iteration (s
 writing the grids a person looks at. Used by train.py, sample.py, metrics.py, ablation.py and monitor.py.
 With `--classes` (conditional.py) the subfolders of the training folder are the classes, and every
 image carries the index of its class (`class_folders`, `labelled_batch`).
-It imports nothing of ours but `cli.UsageError` and `disk.atomic_write`.
+It imports nothing of ours but `cli.UsageError`, `disk.atomic_write` and datasets.py (the named sets' size).
 """
 
 import math

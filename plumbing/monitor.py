@@ -76,7 +76,6 @@ class ScoreWatch:
     def __init__(self, history=()):
         self.history = list(history)
         self.best = min((s for _, s in self.history), default=float("inf"))
-        self.warned = False
 
     def update(self, it, score, d_real):
         self.history.append((it, score))

@@ -25,7 +25,7 @@ in a varying order; results agree to float tolerance. `--deterministic` makes CU
 
 `SPEED_DEFAULTS` turns an option on by default only on a device where `bench.py --compare` measured
 it faster (figures and commands in docs/speed.md).
-It imports the paper's generator (for its up-blocks), nothing else of ours.
+It imports the paper's generator (its up-blocks, and G for the fold's check) and `cli.UsageError`.
 """
 
 import argparse
