@@ -21,6 +21,9 @@ download on first use). Without it, `score` still gives the SWD and says why FID
     python metrics.py SAMPLES_DIR REAL_DIR [--size 256] [--device auto|cuda|mps|cpu] [--no_fid]
 
 prints one JSON line, e.g. {"n_fake": 100, "n_real": 100, "size": 256, "swd": ..., "fid": ..., ...}.
+A run trained with --eval_every logs its SWD at every evaluation; `python metrics.py --curve RUN_DIR
+[--mark ITER:LABEL ...]` prints them as a table (iteration, hours of training, SWD) and draws them
+against iterations and hours into RUN_DIR/images/swd.png (train.py redraws it at each evaluation).
 A class-conditional model (train.py --classes) is scored one class at a time, against that class's
 images: `sample.py --class all --n 100 --out s` writes s/cat/, s/dog/, ..., then
 `python metrics.py s/cat data/animals/cat`, and so on.
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from plumbing.cli import OneLineParser, UsageError, add_device_argument, resolve_device
 from plumbing.datasets import ensure_dataset
 from plumbing.images import load_images
+from plumbing.watch import draw_score_curve, score_curve
 
 # ------------------------------------------------------------------------------------------------
 # 1. SWD: sliced Wasserstein distance on Laplacian-pyramid patches (ProGAN §5, Appendix D)
@@ -449,22 +453,55 @@ def score(fake_uint8, real_uint8, device="cpu", fid=True):
 # 4. Command line
 # ------------------------------------------------------------------------------------------------
 
+def curve(run_dir, marks):
+    """--curve: print the evaluations of RUN_DIR/log.jsonl as a table and draw RUN_DIR/images/swd.png."""
+    log = Path(run_dir) / "log.jsonl"
+    if not log.is_file():
+        raise UsageError(f"{log}: no such file (give a run folder, e.g. runs/NAME, that train.py wrote)")
+    rows = score_curve(log)
+    if not rows:
+        raise UsageError(f"{log} holds no evaluation: train with --eval_every N (e.g. 500) to score the "
+                         f"EMA generator every N iterations")
+    parsed = []
+    for mark in marks:
+        it, _, label = mark.partition(":")
+        if not it.isdigit():
+            raise UsageError(f"--mark {mark!r}: give ITER:LABEL, e.g. --mark '2000:first faces'")
+        parsed.append((int(it), label))
+    out = Path(run_dir) / "images" / "swd.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_score_curve(rows, out, parsed)
+    print("iteration\thours\tswd")
+    for it, hours, swd in rows:
+        print(f"{it}\t{hours:.3f}\t{swd:.2f}")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     """`python metrics.py SAMPLES_DIR REAL_DIR ...`: print one JSON line of scores. Returns the exit
     code: 0, or 2 after one 'metrics.py: error: ...' line on stderr for anything we refuse."""
     parser = OneLineParser(prog="metrics.py", description="SWD, FID and KID of generated images "
                             "against real ones; prints one JSON line.")
-    parser.add_argument("samples_dir", help="folder of generated images")
-    parser.add_argument("real_dir", help="folder of real images")
+    parser.add_argument("samples_dir", nargs="?", help="folder of generated images")
+    parser.add_argument("real_dir", nargs="?", help="folder of real images")
     parser.add_argument("--size", type=int, default=256,
                         help="both sets are resized to SIZE x SIZE (a power of two >= 16; default 256)")
     add_device_argument(parser, "where InceptionV3 runs (SWD always runs on the CPU); ")
     parser.add_argument("--no_fid", action="store_true", help="skip FID/KID (no pytorch-fid needed)")
+    parser.add_argument("--curve", metavar="RUN_DIR", help="instead: the SWD a run trained with --eval_every "
+                        "logged, as a table and as RUN_DIR/images/swd.png")
+    parser.add_argument("--mark", action="append", default=[], metavar="ITER:LABEL",
+                        help="with --curve: a labelled vertical line at iteration ITER (repeatable)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:        # the parser has printed its one line (or --help), and says the code
         return e.code
     try:
+        if args.curve:
+            return curve(args.curve, args.mark)
+        if not (args.samples_dir and args.real_dir):
+            raise UsageError("give SAMPLES_DIR and REAL_DIR (or --curve RUN_DIR)")
         if args.size < SWD_MIN_RESOLUTION or args.size & (args.size - 1):
             raise UsageError(f"--size must be a power of two >= {SWD_MIN_RESOLUTION} "
                                f"(16, 32, 64, ...), got {args.size}")

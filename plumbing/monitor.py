@@ -168,7 +168,7 @@ class LossLog:
         says when D may be winning (ScoreWatch)."""
         if self.file is None:
             return False
-        self.write(it, {"iter": it, "eval": scores})
+        self.write(it, {"iter": it, "time": round(time.time() - self.progress.t0, 3), "eval": scores})
         improved, warning = self.scores.update(it, scores["swd"], self.means.get("d_real", float("inf")))
         print(f"\neval at iteration {it}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in scores.items() if k in ("swd", "fid", "kid") and v is not None)

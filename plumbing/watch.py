@@ -10,19 +10,23 @@ A reader of the paper may skip this file. It holds no part of the method, only w
   run's 4106-pixel grid becomes FRAME_WIDTH pixels) so that a whole run's GIF stays a few MB. It is
   rebuilt from the numbered grids on disk, so it is complete after a resume, and `sample.py
   --timelapse RUN_DIR` makes it for any run folder.
+- `score_curve` and `draw_score_curve`: with --eval_every, images/swd.png, the SWD of every evaluation
+  against iterations and against hours of training, redrawn at each evaluation; `python metrics.py
+  --curve RUN_DIR` draws it for any run folder and prints the table.
 - `TensorBoard` (--tensorboard, the optional `tensorboard` package): each loss term, it/s, the
   evaluation scores and both grids, under RUN_DIR/tensorboard/; watch with `tensorboard --logdir runs`.
-- `Watch`: the three for one run, called by monitor.LossLog (rank 0 only).
+- `Watch`: all of these for one run, called by monitor.LossLog (rank 0 only).
 It imports plumbing.cli only.
 """
 
+import json
 import os
 import re
 import shlex
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from plumbing.cli import UsageError
 
@@ -121,6 +125,110 @@ class Timelapse:
 
 
 # ------------------------------------------------------------------------------------------------
+# The score curve: images/swd.png
+# ------------------------------------------------------------------------------------------------
+
+def score_curve(log_path):
+    """[(iteration, hours, swd)] of a run's evaluations, read from its log.jsonl, by iteration.
+
+    `hours` is training time: each attempt's clock starts at 0 (a row's "time"), so a resumed attempt's
+    times are added to the last time the attempt before it logged. Where an attempt ran past the
+    checkpoint it was resumed from, the resumed attempt's evaluation of an iteration replaces the
+    earlier one. Rows without a time (logs of older versions) take the time of the last progress line
+    before them."""
+    scores, offset, last_time = {}, 0.0, 0.0
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:                    # a line cut short by a crash
+            continue
+        t = row.get("time")
+        if t is not None:
+            if t < last_time:                 # a new attempt: its clock restarted
+                offset += last_time
+            last_time = t
+        if "eval" in row and row["eval"].get("swd") is not None:
+            scores[row["iter"]] = ((offset + last_time) / 3600, row["eval"]["swd"])
+    return [(it, hours, swd) for it, (hours, swd) in sorted(scores.items())]
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size)   # a scalable font (Pillow >= 10.1)
+    except TypeError:
+        return ImageFont.load_default()       # older Pillow: the small bitmap font
+
+
+def _ticks(high, count=5):
+    """Round tick values from 0 to at least `high`: 0, step, 2 step, ... with a step of 1, 2 or 5 x 10^k."""
+    raw = max(high, 1e-9) / count
+    magnitude = 10 ** np.floor(np.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(int(np.ceil(high / step - 1e-9)) + 1)]
+
+
+class CurvePanel:
+    """One panel of the plot: maps (x, SWD) to pixels inside `box` = (left, top, right, bottom)."""
+
+    def __init__(self, box, x_ticks, y_ticks):
+        self.box, self.x_ticks, self.y_ticks = box, x_ticks, y_ticks
+
+    def pixel(self, x, y):
+        left, top, right, bottom = self.box
+        return (left + (right - left) * x / self.x_ticks[-1], bottom - (bottom - top) * y / self.y_ticks[-1])
+
+
+CURVE_SIZE = (960, 420)                       # pixels: two panels side by side
+CURVE_COLOUR, BEST_COLOUR, MARK_COLOUR = (31, 119, 180), (214, 39, 40), (90, 90, 90)
+
+
+def draw_score_curve(rows, path, marks=()):
+    """Draw SWD against iterations (left) and hours (right) from score_curve's rows into a PNG at `path`;
+    the best (lowest) score in red; each (iteration, label) of `marks` a grey vertical line with its
+    label. Returns the two CurvePanels (where each value was drawn)."""
+    image = Image.new("RGB", CURVE_SIZE, "white")
+    draw, font, small = ImageDraw.Draw(image), _font(15), _font(12)
+    draw.text((CURVE_SIZE[0] // 2, 8), "SWD of the EMA generator against the training images (lower is better)",
+              fill="black", font=font, anchor="mt")
+    y_ticks = _ticks(max(s for _, _, s in rows))
+    panels = []
+    for k, (column, x_label) in enumerate(((0, "iterations"), (1, "hours of training"))):
+        xs = [r[column] for r in rows]
+        panel = CurvePanel((70 + 480 * k, 40, 450 + 480 * k, 340), _ticks(max(xs)), y_ticks)
+        left, top, right, bottom = panel.box
+        draw.rectangle(panel.box, outline="black")
+        for v in panel.y_ticks:
+            px, py = panel.pixel(0, v)
+            draw.line((left - 4, py, left, py), fill="black")
+            draw.text((left - 6, py), f"{v:g}", fill="black", font=small, anchor="rm")
+        for v in panel.x_ticks:
+            px, py = panel.pixel(v, 0)
+            draw.line((px, bottom, px, bottom + 4), fill="black")
+            draw.text((px, bottom + 6), f"{v:,g}", fill="black", font=small, anchor="mt")
+        draw.text(((left + right) // 2, bottom + 26), x_label, fill="black", font=font, anchor="mt")
+        for it, label in marks:               # at the mark's iteration, or the hours of the nearest evaluation
+            x = it if column == 0 else min(rows, key=lambda r: abs(r[0] - it))[1]
+            px = panel.pixel(x, 0)[0]
+            for y in range(top, bottom, 8):   # dashed
+                draw.line((px, y, px, min(y + 4, bottom)), fill=MARK_COLOUR)
+            draw.text((px + 4, top + 4), label, fill=MARK_COLOUR, font=small, anchor="lt")
+        points = [panel.pixel(x, s) for x, (_, _, s) in zip(xs, rows)]
+        if len(points) > 1:
+            draw.line(points, fill=CURVE_COLOUR, width=2)
+        best = min(range(len(rows)), key=lambda i: rows[i][2])
+        for i, (px, py) in enumerate(points):
+            colour = BEST_COLOUR if i == best else CURVE_COLOUR
+            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
+        panels.append(panel)
+    draw.text((70, CURVE_SIZE[1] - 8), f"best: {rows[best][2]:.2f} at iteration {rows[best][0]:,} (red)",
+              fill=BEST_COLOUR, font=small, anchor="lb")
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)                    # an interrupted write leaves the old plot
+    return panels
+
+
+# ------------------------------------------------------------------------------------------------
 # TensorBoard (optional)
 # ------------------------------------------------------------------------------------------------
 
@@ -194,6 +302,8 @@ class Watch:
             self.board.losses(it, means, rate)
 
     def evaluated(self, it, scores):
+        """After an evaluation (its row is in log.jsonl): images/swd.png redrawn, the scores to TensorBoard."""
+        draw_score_curve(score_curve(self.img_dir.parent / "log.jsonl"), self.img_dir / "swd.png")
         if self.board:
             self.board.scores(it, scores)
 

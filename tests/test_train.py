@@ -44,7 +44,8 @@ def test_train_writes_checkpoints_images_log_and_args(tiny_run):
     _, _, run = tiny_run
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt", "best.pt", "latest.pt"]
     assert sorted(p.name for p in (run / "images").iterdir()) == [
-        "000002_recons.png", "000002_samples.png", "000004_recons.png", "000004_samples.png", "progress.gif"]
+        "000002_recons.png", "000002_samples.png", "000004_recons.png", "000004_samples.png", "progress.gif",
+        "swd.png"]
     # The timelapse: one frame per sample grid, in order, each the grid downscaled (watch.Timelapse).
     with Image.open(run / "images" / "progress.gif") as gif:
         assert gif.n_frames == 2 and gif.width == watch.FRAME_WIDTH
@@ -62,6 +63,7 @@ def test_train_writes_checkpoints_images_log_and_args(tiny_run):
     assert [r["iter"] for r in rows] == [1, 2, 3, 4]
     # --eval_every 2: SWD of 4 EMA samples against the training images, logged beside the losses.
     assert [r["iter"] for r in evals] == [2, 4]
+    assert 0 < evals[0]["time"] <= rows[2]["time"] <= evals[1]["time"]   # training time when each was scored
     assert all(r["eval"]["swd"] > 0 and set(r["eval"]["swd_per_level"]) == {"128", "64", "32", "16"} for r in evals)
     for r in rows:
         assert all(np.isfinite(r[k]) for k in ("d_real", "d_fake", "recon", "g"))

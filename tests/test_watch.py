@@ -202,3 +202,78 @@ def test_tensorboard_holds_each_loss_speed_score_and_both_grids(tmp_path, capsys
         (image,) = acc.Images(f"grids/{kind}")
         with Image.open(run / "images" / f"000002_{kind}.png") as png:
             assert image.step == 2 and (image.width, image.height) == png.size
+
+
+# -- the score curve: images/swd.png and metrics.py --curve --
+
+def _log(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_score_curve_reads_the_evaluations_with_hours_summed_over_a_resumed_run(tmp_path):
+    """score_curve gives (iteration, hours, SWD) by iteration. A resumed attempt's clock restarts at 0:
+    its hours continue from the last time the earlier attempt logged; its evaluation of an iteration
+    the earlier attempt had also scored (past the checkpoint it resumed from) replaces that one. An
+    evaluation row without a time takes the last progress line's; a line cut short is skipped."""
+    log = _log(tmp_path / "log.jsonl", [
+        {"iter": 100, "time": 360.0, "d_real": 0.5},
+        {"iter": 100, "time": 370.0, "eval": {"swd": 30.0}},
+        {"iter": 200, "time": 720.0, "d_real": 0.5},
+        {"iter": 200, "time": 730.0, "eval": {"swd": 20.0}},
+        {"iter": 300, "time": 1080.0, "d_real": 0.5},
+        {"iter": 300, "time": 1090.0, "eval": {"swd": 25.0}},     # lost: the resume starts at 200
+        # the second attempt, resumed from iteration 200: its clock starts again
+        {"iter": 300, "time": 360.0, "d_real": 0.5},
+        {"iter": 300, "eval": {"swd": 15.0}},                      # no time of its own: 360 s
+        {"iter": 400, "time": 720.0, "d_real": 0.5},
+    ])
+    with open(log, "a") as f:
+        f.write('{"iter": 400, "ti')                                # a crash mid-line
+    rows = watch.score_curve(log)
+    assert [(it, swd) for it, _, swd in rows] == [(100, 30.0), (200, 20.0), (300, 15.0)]
+    assert [round(h * 3600) for _, h, _ in rows] == [370, 730, 1090 + 360]
+
+
+def test_score_curve_plot_draws_each_score_where_its_axes_put_it(tmp_path):
+    """draw_score_curve: both panels have each evaluation's dot at the pixel its iteration (left) or
+    hours (right) and its SWD map to, the lowest in red, the others in the curve's colour; a mark is a
+    grey line at its iteration. The y axis starts at 0 at the bottom: the best score is the lowest dot."""
+    rows = [(500, 0.5, 40.0), (1000, 1.0, 25.0), (1500, 1.5, 18.0), (2000, 2.0, 21.0)]
+    panels = watch.draw_score_curve(rows, tmp_path / "swd.png", marks=[(1250, "faces")])
+    with Image.open(tmp_path / "swd.png") as im:
+        image = im.convert("RGB")
+    assert image.size == watch.CURVE_SIZE
+    for panel, column in zip(panels, (0, 1)):
+        ys = []
+        for row in rows:
+            x, y = panel.pixel(row[column], row[2])
+            colour = watch.BEST_COLOUR if row[2] == 18.0 else watch.CURVE_COLOUR
+            assert image.getpixel((round(x), round(y))) == colour, row
+            ys.append(y)
+        assert max(ys) == ys[2]                                    # the best score is the lowest dot
+        assert panel.y_ticks[0] == 0 and panel.y_ticks[-1] >= 40 and panel.x_ticks[-1] >= rows[-1][column]
+    x, _ = panels[0].pixel(1250, 10.0)
+    top, bottom = panels[0].box[1], panels[0].box[3]
+    column = [image.getpixel((c, y)) for c in (int(x), int(x) + 1) for y in range(top + 20, bottom)]
+    assert column.count(watch.MARK_COLOUR) > (bottom - top) / 4                  # dashed: half of it grey
+
+
+def test_metrics_curve_prints_the_table_and_draws_the_plot(tmp_path, capsys):
+    """`metrics.py --curve RUN_DIR` prints iteration, hours and SWD of each evaluation and writes
+    RUN_DIR/images/swd.png; a run without evaluations and a bad --mark are refused with the fix."""
+    import metrics
+    run = tmp_path / "run"
+    run.mkdir()
+    _log(run / "log.jsonl", [{"iter": 500, "time": 1800.0, "eval": {"swd": 31.5}},
+                             {"iter": 1000, "time": 3600.0, "eval": {"swd": 22.25}}])
+    assert metrics.main(["--curve", str(run), "--mark", "1000:first faces"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["iteration\thours\tswd", "500\t0.500\t31.50", "1000\t1.000\t22.25"]
+    with Image.open(run / "images" / "swd.png") as im:
+        assert im.size == watch.CURVE_SIZE
+    assert metrics.main(["--curve", str(run), "--mark", "first"]) == 2
+    assert "ITER:LABEL" in capsys.readouterr().err
+    _log(run / "log.jsonl", [{"iter": 1, "time": 1.0, "d_real": 0.5}])
+    assert metrics.main(["--curve", str(run)]) == 2
+    assert "--eval_every" in capsys.readouterr().err
