@@ -8,8 +8,8 @@
 # core in $CORE (default 1), stopped by SIGINT after $MINUTES minutes (default 30; train.py then
 # finishes the iteration and saves latest.pt). One TSV row per run is appended to OUT_ROOT/sweep.tsv:
 # setting, iterations reached, SWD of the EMA generator and of the trained G. `timeout --foreground`
-# sends its one SIGINT to train.py alone: without it, timeout also signals its process group, and a
-# second SIGINT makes train.py abort without saving (as a second Ctrl-C does).
+# sends its one SIGINT to train.py alone (without it, timeout also signals its process group: train.py
+# takes two SIGINTs at once as one request, but versions before that aborted without saving).
 set -euo pipefail
 data=$1; root=$2; shift 2
 minutes=${MINUTES:-30}; core=${CORE:-1}

@@ -8,7 +8,7 @@ needs around it:
   once per --log_every iterations), the first iteration whose loss was NaN or inf, log.jsonl, and
   what watch.py adds (the CPU hint, images/progress.gif, TensorBoard);
 - `StopSignal`: Ctrl-C or a cluster's SIGTERM asks the run to stop after the current iteration and
-  save; a second Ctrl-C aborts at once;
+  save; a second Ctrl-C (not one sent with the first) aborts at once;
 - `save_samples`: the grids of images/ (EMA samples from fixed latents, D's reconstructions).
 It imports the paper's discriminator, images.py, disk.py and watch.py, nothing else of ours.
 """
@@ -197,15 +197,22 @@ class LossLog:
 class StopSignal:
     """`with StopSignal(say) as stop:` ... `stop.requested` becomes True at Ctrl-C or SIGTERM. A second
     Ctrl-C raises KeyboardInterrupt (abort without saving), except under torchrun, where a repeat is
-    the same request (a cluster and torchrun may both send it)."""
+    the same request (a cluster and torchrun may both send it). A repeat within SAME_REQUEST_S of the
+    first is the same request too: `timeout -s INT 30m python train.py ...` signals train.py and then
+    its whole process group, so train.py gets two SIGINTs at once; a person's second Ctrl-C comes later."""
+
+    SAME_REQUEST_S = 1.0
 
     def __init__(self, say, repeat_aborts=True):
         self.say, self.repeat_aborts, self.requested = say, repeat_aborts, False
+        self.first_at = None          # time.monotonic() of the first request
 
     def _on_signal(self, signum, frame):
-        if self.requested and self.repeat_aborts:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.requested:
+            if self.repeat_aborts and time.monotonic() - self.first_at > self.SAME_REQUEST_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self.first_at = True, time.monotonic()
         self.say(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving "
                  f"(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
 

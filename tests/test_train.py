@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from plumbing import checkpoint, watch
+from plumbing import checkpoint, monitor, watch
 import train
 from tests.helpers import TINY, assert_same_training_state, make_images, run_train
 
@@ -138,8 +138,11 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, capsys, mon
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    """Ctrl-C finishes the iteration, writes latest.pt, and exits (code 130) without a traceback."""
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, signals):
+    """Ctrl-C finishes the iteration, writes latest.pt, and exits (code 130) without a traceback. Two
+    SIGINTs at once (as `timeout -s INT` sends them: to train.py, then to its process group) are one
+    request: the run still saves."""
     data = make_images(tmp_path / "data", n=2)
     out = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "train.py", "--path", str(data), "--out", str(out), "--iter", "10000",
@@ -149,13 +152,40 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and log.read_text().strip()):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted: saved iteration" in stderr
     saved = int(stderr.split("interrupted: saved iteration ")[1].split()[0])
     st = checkpoint.load_checkpoint(out / "data" / "checkpoints" / "latest.pt")
     assert st["iteration"] == saved >= 1
+
+
+def test_a_second_ctrl_c_aborts_unless_it_comes_with_the_first(monkeypatch):
+    """StopSignal: the first SIGINT asks for a stop; a repeat within SAME_REQUEST_S is the same request
+    (timeout's pair of signals), a later one aborts (KeyboardInterrupt); under torchrun
+    (repeat_aborts=False) no repeat aborts."""
+    clock = [100.0]
+    monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
+    said = []
+    stop = monitor.StopSignal(lambda *a, **k: said.append(a[0]))
+    stop._on_signal(signal.SIGINT, None)
+    assert stop.requested and len(said) == 1
+    clock[0] += 0.01
+    try:
+        stop._on_signal(signal.SIGINT, None)                 # the same request: no abort, no second line
+    except KeyboardInterrupt:                                # (as a failure, not an interrupted session)
+        pytest.fail("a second SIGINT 0.01 s after the first aborted the run")
+    assert len(said) == 1
+    clock[0] += monitor.StopSignal.SAME_REQUEST_S + 1
+    with pytest.raises(KeyboardInterrupt):
+        stop._on_signal(signal.SIGINT, None)
+    patient = monitor.StopSignal(lambda *a, **k: None, repeat_aborts=False)
+    patient._on_signal(signal.SIGTERM, None)
+    clock[0] += 60
+    patient._on_signal(signal.SIGTERM, None)
+    assert patient.requested
 
 
 def refusals(tmp_path, tiny_run):
