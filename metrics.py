@@ -501,7 +501,7 @@ def main(argv=None):
         if args.curve:
             return curve(args.curve, args.mark)
         if not (args.samples_dir and args.real_dir):
-            raise UsageError("give SAMPLES_DIR and REAL_DIR (or --curve RUN_DIR)")
+            raise UsageError("the arguments SAMPLES_DIR and REAL_DIR are required (or --curve RUN_DIR)")
         if args.size < SWD_MIN_RESOLUTION or args.size & (args.size - 1):
             raise UsageError(f"--size must be a power of two >= {SWD_MIN_RESOLUTION} "
                                f"(16, 32, 64, ...), got {args.size}")
