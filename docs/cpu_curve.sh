@@ -12,17 +12,22 @@
 # SWD from sample.py of the EMA generator and of the trained G. Then metrics.py --curve draws
 # images/swd.png, and sample.py --nearest puts 16 samples of the last checkpoint beside their closest
 # training images (OUT_ROOT/NAME/nearest/).
+#
+# A run cut short (the machine was needed) continues with RESUME=1 and LIMIT_S set to the seconds of
+# training left (3 h less the hours that `python metrics.py --curve OUT_ROOT/NAME` shows at its end).
 set -euo pipefail
 data=$1; root=$2; name=$3
 hours=${HOURS:-3}; iters=${ITERS:-6000}; every=${EVERY:-500}; core=${CORE:-0}
+limit=${LIMIT_S:-$((hours * 3600))}
+resume=(); [ -n "${RESUME:-}" ] && resume=(--resume latest)
 cpu_command=(--im_size 128 --ngf 32 --ndf 32 --device cpu)     # the README's CPU command, after --path
 run="$root/$name"
 mkdir -p "$root"
-echo "== $name: $(date -u +%FT%TZ), at most $hours h or $iters iterations, core $core"
-OMP_NUM_THREADS=1 timeout --foreground -s INT "$((hours * 3600))" taskset -c "$core" \
-  python train.py --path "$data" "${cpu_command[@]}" --iter "$iters" \
+echo "== $name: $(date -u +%FT%TZ), at most $limit s or $iters iterations, core $core ${resume[*]}"
+OMP_NUM_THREADS=1 timeout --foreground -s INT "$limit" taskset -c "$core" \
+  python train.py --path "$data" "${cpu_command[@]}" --iter "$iters" "${resume[@]}" \
     --eval_every "$every" --sample_every "$every" --save_every "$every" --keep 0 --log_every 100 \
-    --out "$root" --name "$name" > "$root/$name.log" 2>&1 || true
+    --out "$root" --name "$name" >> "$root/$name.log" 2>&1 || true
 echo "== training ended $(date -u +%FT%TZ): $(tail -n 1 "$root/$name.log")"
 
 one() {   # sample.py + metrics.py on one checkpoint: prints the SWD
