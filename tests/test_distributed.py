@@ -184,7 +184,8 @@ def test_two_processes_write_once_and_resume_in_one(two_process_run, tmp_path, c
     assert sorted(p.name for p in run.iterdir()) == ["args.json", "checkpoints", "images", "log.jsonl"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000003.pt", "best.pt", "latest.pt"]
     assert sorted(p.name for p in (run / "images").iterdir()) == [
-        "000002_recons.png", "000002_samples.png", "000003_recons.png", "000003_samples.png", "progress.gif"]
+        "000002_recons.png", "000002_samples.png", "000003_recons.png", "000003_samples.png", "progress.gif",
+        "swd.png"]                     # the score curve, redrawn at the evaluation of iteration 3
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows if "eval" not in r] == [1, 2, 3]
     assert [r["iter"] for r in rows if "eval" in r] == [3]
